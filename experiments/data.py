@@ -190,8 +190,8 @@ def _subsample(ds: Any, n: int) -> Any:
 
 
 def is_local_path(name: str) -> bool:
-    """Whether a data name means a local file rather than a built-in or hub dataset."""
-    return os.path.exists(name) or name.lower().endswith(LOCAL_SUFFIXES)
+    """Whether a data name means a local file (a folder goes to `load_dataset`, like a hub name)."""
+    return os.path.isfile(name) or name.lower().endswith(LOCAL_SUFFIXES)
 
 
 def load_data(cfg: Config) -> DataBundle:
