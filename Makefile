@@ -50,3 +50,23 @@ lint: $(STAMP) ## ruff check
 clean: ## remove .venv, caches and build files (keeps runs/ and reports/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: memory
+memory: $(STAMP) ## a few steps of every method on the embedded model: memory table + runs/memory_table.csv
+	$(BIN)/python -m experiments.memory_table $(ARGS)
+
+.PHONY: plots dashboard
+plots: $(STAMP) ## figures (PNG+SVG) and summary.md in $REPORTS_DIR (reports/) from $RUNS_DIR (runs/)
+	$(BIN)/python -m analysis.plots
+
+dashboard: $(STAMP) ## one self-contained reports/dashboard.html: figures, runs table, configs
+	$(BIN)/python -m analysis.dashboard
+
+SUITE ?= smoke
+DRY ?=
+.PHONY: suite sweep
+suite: $(STAMP) ## run a suite resumably, then plots + summary: SUITE=smoke|quick|paper (DRY=1 lists)
+	$(BIN)/python -m experiments.suite $(SUITE) $(if $(DRY),--dry)
+
+sweep: $(STAMP) ## learning-rate grid for METHOD=, chosen on validation; writes a preset proposal
+	$(BIN)/python -m experiments.suite --sweep $(METHOD)

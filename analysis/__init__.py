@@ -1,0 +1,1 @@
+"""Analysis: run records (or W&B runs) -> DataFrame, seed statistics, figures, dashboard."""

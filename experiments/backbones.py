@@ -200,6 +200,7 @@ def load_backbone(name: str, num_labels: int, pooling: str = "mean",
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None
     model = Classifier(backbone, num_labels, pooling=pooling, dropout=dropout)
+    model.tokenizer = tok  # for methods that read text (soft_prompt's init=text)
     info = {"name": name, "source": kind, "location": where,
             "architecture": backbone.config.model_type, "pooling": pooling,
             "head": f"dropout({dropout}) + linear({backbone.config.hidden_size}->{num_labels})",

@@ -1,12 +1,285 @@
-"""Memory measurement: the device's peak during training (CUDA allocator or CPU resident set)."""
+"""Memory measurement: an exact ledger of live tensors, saved-activation peak, device peak, and
+the lecture's prediction (16N, 12N, 16N/G, 4N+16M) to compare them with.
+
+N in the record is every parameter counted once (`param_split(model)["total"]`), M the
+trainable ones. In 4N+16M the lecture's N is the frozen base (it counts the weights as N+M
+floats), so that formula is evaluated with N - M; `formula_N` records the N a formula used.
+
+Everything is measured once, on the first training step, so the hot path stays untouched:
+`FirstStepProbe` reads the gradients just before the first `optimizer.step()` and the optimizer
+state just after it (optimizer step hooks), and `probe.activations(batch)` wraps only that
+step's forward and backward in `torch.autograd.graph.saved_tensors_hooks`. `memory_record`
+merges this with `DevicePeak` into the record's `memory` section.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import psutil
 import torch
+
+# Bytes per trainable parameter with Adam: weights + gradient + momentum + second moment.
+BYTES_PER_TRAINABLE = {"fp32": 4 + 4 + 4 + 4, "bf16-mixed": 4 + 4 + 4 + 4,
+                       "mixed-12n": 4 + 2 + 2 + 4}
+BYTES_PER_FROZEN = 4  # fp32 weights only
+
+LEDGER_METHOD = ("exact: sum of the live tensors' storages, each storage counted once; weights "
+                 "= parameters (buffers excluded, reported as buffers_bytes); grads read before "
+                 "the first optimizer.step(); optimizer = its per-parameter state after it (0-dim "
+                 "step counters reported apart as optimizer_scalar_bytes)")
+ACTIVATIONS_METHOD = ("exact, device-independent: peak bytes of the tensors autograd saved for "
+                      "backward during the first training step (saved_tensors_hooks; each storage "
+                      "counted once; parameter and buffer storages excluded)")
+
+
+def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """What identifies a tensor's memory: its device and storage address."""
+    try:
+        return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # no plain storage (e.g. tensor subclasses)
+        return ("id", id(t))
+
+
+def _storage_nbytes(t: torch.Tensor) -> int:
+    try:
+        return int(t.untyped_storage().nbytes())
+    except (RuntimeError, NotImplementedError):
+        return int(t.numel() * t.element_size())
+
+
+def unique_bytes(tensors: Iterable[torch.Tensor]) -> tuple[int, dict[str, int]]:
+    """Total bytes of the tensors' storages, each counted once, and the split by dtype."""
+    seen: set[tuple[Any, ...]] = set()
+    total, by_dtype = 0, {}
+    for t in tensors:
+        key = _storage_key(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        n = _storage_nbytes(t)
+        total += n
+        name = str(t.dtype).removeprefix("torch.")
+        by_dtype[name] = by_dtype.get(name, 0) + n
+    return total, by_dtype
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor],
+                                                                      list[torch.Tensor]]:
+    """(per-parameter state tensors, 0-dim scalar tensors such as AdamW's step counters)."""
+    per_param, scalars = [], []
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                (scalars if value.ndim == 0 else per_param).append(value)
+    return per_param, scalars
+
+
+class _Packed:
+    """A saved tensor held for autograd; tells the tracker when autograd lets go of it."""
+
+    __slots__ = ("tensor", "_release")
+
+    def __init__(self, tensor: torch.Tensor, release: Any) -> None:
+        self.tensor = tensor
+        self._release = release
+
+    def __del__(self) -> None:
+        self._release()
+
+
+class SavedTensorPeak:
+    """Peak bytes of the tensors autograd saves for backward inside this context.
+
+    Each storage counts once while any saved tensor still refers to it; it stops counting when
+    autograd releases its last saved reference (after the node's backward, or when the graph is
+    freed). Storages of `exclude` (parameters and buffers: model state, not activations) are
+    never counted. Saving through the hooks returns the very same tensor, so the loss and
+    gradients are unchanged.
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
+        self._exclude = {_storage_key(t) for t in exclude}
+        self._live: dict[tuple[Any, ...], list[int]] = {}  # key -> [references, bytes]
+        self.current = 0
+        self.peak = 0
+        self.saved = 0  # how many tensors were saved (counting repeats)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, t: torch.Tensor) -> Any:
+        key = _storage_key(t)
+        if key in self._exclude:
+            return t
+        self.saved += 1
+        entry = self._live.get(key)
+        if entry is None:
+            entry = self._live[key] = [0, _storage_nbytes(t)]
+            self.current += entry[1]
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+        return _Packed(t, lambda: self._release(key))
+
+    @staticmethod
+    def _unpack(packed: Any) -> torch.Tensor:
+        return packed.tensor if isinstance(packed, _Packed) else packed
+
+    def _release(self, key: tuple[Any, ...]) -> None:
+        entry = self._live[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self._live[key]
+
+    def __enter__(self) -> SavedTensorPeak:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def model_state(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """Every parameter and buffer of the model."""
+    yield from model.parameters()
+    yield from model.buffers()
+
+
+class FirstStepProbe:
+    """Measures the ledger and the saved-activation peak on the first training step only.
+
+    Registers one-shot optimizer step hooks: the pre-hook reads weights and gradients (after
+    backward and clipping), the post-hook reads the optimizer state its first step created.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.ledger: dict[str, Any] = {}
+        self.saved: SavedTensorPeak | None = None
+        self.batch_info: dict[str, Any] = {}
+        # A hook may not remove itself (torch iterates the hook dict while calling it): the
+        # post-hook removes the pre-hook, and `result()` the post-hook.
+        self._pre = optimizer.register_step_pre_hook(self._before_step)
+        self._post = optimizer.register_step_post_hook(self._after_step)
+
+    def activations(self, batch: dict[str, torch.Tensor]) -> Any:
+        """A context for a step's forward+backward: measuring the first time (the first step,
+        or the first after a resume), a no-op after."""
+        if self.saved is not None:
+            return contextlib.nullcontext()
+        self.saved = SavedTensorPeak(exclude=model_state(self.model))
+        self.batch_info = {k: list(v.shape) for k, v in batch.items()}
+        return self.saved
+
+    def _before_step(self, *_: Any) -> None:
+        weights, weights_by_dtype = unique_bytes(self.model.parameters())
+        grads, grads_by_dtype = unique_bytes(p.grad for p in self.model.parameters()
+                                             if p.grad is not None)
+        buffers, _ = unique_bytes(self.model.buffers())
+        self.ledger.update({"weights_bytes": weights, "weights_by_dtype": weights_by_dtype,
+                            "grads_bytes": grads, "grads_by_dtype": grads_by_dtype,
+                            "buffers_bytes": buffers})
+
+    def _after_step(self, *_: Any) -> None:
+        if "optimizer_bytes" in self.ledger:
+            return
+        self._pre.remove()
+        per_param, scalars = optimizer_state_tensors(self.optimizer)
+        opt, opt_by_dtype = unique_bytes(per_param)
+        self.ledger.update({"optimizer_bytes": opt, "optimizer_by_dtype": opt_by_dtype,
+                            "optimizer_scalar_bytes": unique_bytes(scalars)[0]})
+
+    def result(self) -> dict[str, Any]:
+        """The ledger (empty keys if the first step never completed) and the activation peak."""
+        self._pre.remove()
+        self._post.remove()
+        out: dict[str, Any] = dict(self.ledger)
+        if "grads_bytes" in out and "optimizer_bytes" in out:
+            out["trainable_state_bytes"] = out["grads_bytes"] + out["optimizer_bytes"]
+            out["ledger_bytes"] = out["weights_bytes"] + out["trainable_state_bytes"]
+        out["buffers_excluded"] = True
+        out["ledger_method"] = LEDGER_METHOD
+        if self.saved is not None:
+            out["activations_peak_bytes"] = int(self.saved.peak)
+            out["activations_saved_tensors"] = self.saved.saved
+            out["activations_batch"] = self.batch_info
+            out["activations_scope"] = activations_scope(self.batch_info)
+        out["activations_method"] = ACTIVATIONS_METHOD
+        return out
+
+
+def activations_scope(batch_shapes: dict[str, list[int]]) -> str:
+    """What the activation peak covers, read from the measured batch's inputs."""
+    if "features" in batch_shapes and "input_ids" not in batch_shapes:
+        return ("cached features: the classifier head's forward+backward alone; the frozen "
+                "backbone ran once before training (no saved tensors) and is not counted")
+    return "the whole model's forward+backward on the first training batch"
+
+
+def predict(n_total: int, n_trainable: int, precision: str,
+            shards: int = 1) -> tuple[int, str, int]:
+    """(bytes, formula, the formula's N) of the lecture's Adam budget, activations aside.
+
+    With every parameter trainable: 16N (fp32 or autocast) or 12N (mixed-12n), over G when
+    weights, gradients and state are sharded over G devices (ZeRO-3/FSDP). Otherwise the
+    lecture's 4N+16M (4N+12M for mixed-12n), whose N is the frozen base model and M the trained
+    parameters (it counts the weights as N+M floats): with `n_total` counting every parameter
+    once, the formula's N is n_total - n_trainable.
+    """
+    per = BYTES_PER_TRAINABLE[precision]
+    if n_trainable == n_total:
+        formula, n = f"{per}N", n_total
+        total = per * n
+    else:
+        formula, n = f"{BYTES_PER_FROZEN}N+{per}M", n_total - n_trainable
+        total = BYTES_PER_FROZEN * n + per * n_trainable
+    if shards > 1:
+        formula = f"{formula}/G" if n_trainable == n_total else f"({formula})/G"
+        total //= shards
+    return total, formula, n
+
+
+def formula_detail(formula: str, precision: str) -> str:
+    """One sentence on what a `predict` formula counts."""
+    per = "4+2+2+4 (bf16 grads and momentum)" if precision == "mixed-12n" else "4+4+4+4"
+    if formula.startswith(("16N", "12N")):
+        text = (f"every parameter trains: fp32 weight + grad + momentum + 2nd moment = {per} "
+                "bytes each")
+    else:
+        text = (f"N = frozen parameters (all - M; the lecture's base model, whose weights it "
+                f"counts as N+M floats) at 4 bytes, M = trainable at {per} bytes")
+    if formula.endswith("/G"):
+        text += "; sharded over G devices (ZeRO-3/FSDP)"
+    return text + "; activations and buffers excluded"
+
+
+def memory_record(peak: DevicePeak, probe: FirstStepProbe, params: dict[str, int],
+                  precision: str, shards: int = 1) -> dict[str, Any]:
+    """The record's `memory` section: device peak, ledger, activations and the prediction."""
+    out = peak.result()
+    out["device_peak_bytes"] = out["peak_bytes"]
+    out.update(probe.result())
+    n, m = params["total"], params["trainable"]
+    predicted, formula, formula_n = predict(n, m, precision, shards)
+    out.update({"N": n, "M": m, "precision": precision, "shards": shards,
+                "predicted_bytes": predicted, "predicted_formula": formula,
+                "formula_N": formula_n, "predicted_detail": formula_detail(formula, precision)})
+    if "ledger_bytes" in out:
+        out["ledger_vs_predicted"] = out["ledger_bytes"] / predicted
+    return out
+
+
+SUMMARY_KEYS = ("peak_bytes", "weights_bytes", "grads_bytes", "optimizer_bytes",
+                "activations_peak_bytes", "device_peak_bytes", "predicted_bytes",
+                "ledger_vs_predicted")
+
+
+def memory_summary(memory: dict[str, Any]) -> dict[str, Any]:
+    """The W&B summary entries `memory/<key>` of a record's memory section."""
+    return {f"memory/{k}": memory[k] for k in SUMMARY_KEYS if k in memory}
 
 
 class DevicePeak:

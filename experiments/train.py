@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from experiments.config import Config, UserError, config_hash, describe, resolve, to_dict
+from experiments.memory import FirstStepProbe, memory_record, memory_summary
 
 EXIT_USER_ERROR = 2
 
@@ -90,8 +91,14 @@ def tokenize(splits: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
     return out
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only; no weight decay on biases and norms."""
+def build_optimizer(model: torch.nn.Module, cfg: Config,
+                    precision: str | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only; no weight decay on biases and norms.
+
+    `precision` (default `cfg.precision`) picks the state layout: mixed-12n keeps bf16
+    gradients and momentum (`experiments.optim.Mixed12nAdamW`), the others torch's AdamW."""
+    from experiments.optim import make_adamw
+
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError(f"method {cfg.method!r} left no parameter trainable")
@@ -99,7 +106,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    return make_adamw([g for g in groups if g["params"]], cfg.lr, precision or cfg.precision)
 
 
 def warmup_linear(total_steps: int, warmup_ratio: float) -> Any:
@@ -165,8 +172,6 @@ def run(cfg: Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
     ctx = Context(device, pick_precision(cfg.precision, device))
-    if ctx.precision == "mixed-12n":
-        raise UserError("precision=mixed-12n is not available yet; use fp32 or bf16-mixed")
     seed_everything(cfg.seed)
     # Everything that can reject the user's input happens before anything is written.
     bundle = load_data(cfg)
@@ -238,9 +243,11 @@ def _train(cfg: Config, ctx: Context, model: torch.nn.Module, method: Any,
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     if cfg.max_steps and cfg.epochs:
         total = min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, ctx.precision)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total, cfg.warmup_ratio))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # Ledger and saved-activation peak, measured on the first step only (see experiments.memory).
+    probe = FirstStepProbe(model, optimizer)
 
     step, samples, train_s, eval_s = 0, 0, 0.0, 0.0
     val_history: list[dict[str, Any]] = []
@@ -266,9 +273,10 @@ def _train(cfg: Config, ctx: Context, model: torch.nn.Module, method: Any,
             for batch in train_loader:
                 t = time.perf_counter()
                 batch = ctx.to_device(batch)
-                with ctx.autocast():
-                    loss = model(**batch).loss
-                loss.backward()
+                with probe.activations(batch):  # a no-op after the first step
+                    with ctx.autocast():
+                        loss = model(**batch).loss
+                    loss.backward()
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
@@ -303,13 +311,13 @@ def _train(cfg: Config, ctx: Context, model: torch.nn.Module, method: Any,
     record["val_history"] = val_history
     record["steps"] = step
     record["epochs"] = round(step / steps_per_epoch, 3)
-    record["memory"] = peak.result()
+    record["memory"] = memory_record(peak, probe, record["params"], ctx.precision)
     record["time"].update({"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
                            "prepare_s": round(prepare_s, 3),
                            "train_samples_per_s": round(samples / train_s, 2)})
     return {"test/accuracy": test["accuracy"], "val/accuracy": metrics["val/accuracy"],
             **({"test/macro_f1": test["macro_f1"]} if "macro_f1" in test else {}),
-            "memory/peak_bytes": record["memory"]["peak_bytes"],
+            **memory_summary(record["memory"]),
             "time/train_s": record["time"]["train_s"]}
 
 

@@ -5,9 +5,13 @@ and `prepare_data(model, splits, collate, cfg, ctx)`, a hook the harness calls o
 training (the head method uses it to cache frozen features).
 """
 
-from methods import full, head
+from methods import embedding, full, head, lora, soft_prompt
 
+# Ordered from the fewest trained parameters to the most, as tables and plots list them.
 METHODS = {
     "head": head,
+    "embedding": embedding,
+    "soft_prompt": soft_prompt,
+    "lora": lora,
     "full": full,
 }

@@ -51,6 +51,16 @@ class FeatureDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"features": self.features[i], "labels": self.labels[i]}
 
+    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        # One gather per batch instead of 32 item lookups and a collate: the head's step is
+        # so small that per-item overhead would dominate it.
+        index = torch.as_tensor(idx)
+        return {"features": self.features[index], "labels": self.labels[index]}
+
+
+def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch
+
 
 @torch.no_grad()
 def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: Any,
@@ -73,5 +83,5 @@ def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: An
             feats.append(f.float().cpu())
         out[name] = FeatureDataset(torch.cat(feats), torch.cat(labels))
     model.train(was_training)
-    return out, None, {"features_s": round(time.perf_counter() - start, 3),
+    return out, _already_batched, {"features_s": round(time.perf_counter() - start, 3),
                        "feature_dim": int(out["train"].features.shape[1])}

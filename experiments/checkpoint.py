@@ -1,0 +1,131 @@
+"""Checkpoints a run can continue from exactly, and the data order that makes that possible.
+
+A checkpoint holds only what changes during training: the trainable parameters (never the frozen
+backbone, which is reloaded from its source), optimizer and scheduler state, every RNG state, the
+position in the data order, and the metrics so far. It is written to a temp folder and renamed,
+so a kill mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class EpochOrder(torch.utils.data.Sampler[int]):
+    """A seeded permutation per epoch, started at any position and sharded across ranks.
+
+    The order of epoch e depends only on (seed, e), so a resumed run sees the same batches as an
+    uninterrupted one. With several ranks, every global batch of `batch_size` indices is cut into
+    `world` contiguous slices and rank r takes slice r: the ranks together see exactly the
+    single-process batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world = rank, world
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate epoch `epoch` (0-based) from global batch `start_batch` on."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def global_order(self) -> torch.Tensor:
+        """The permutation of this epoch."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=gen)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.global_order()
+        per_rank = self.batch_size // self.world
+        for b in range(self.start_batch, len(self.batches())):
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            # the last, short batch is split as evenly as possible
+            size = per_rank if len(batch) == self.batch_size else -(-len(batch) // self.world)
+            yield from batch[self.rank * size:(self.rank + 1) * size].tolist()
+
+    def batches(self) -> range:
+        """Global batch indices of one epoch."""
+        return range(-(-self.n // self.batch_size))
+
+    def __len__(self) -> int:
+        # An upper bound for this rank; the harness counts steps with `batches()`, not this.
+        remaining = max(0, self.n - self.start_batch * self.batch_size)
+        return -(-remaining // self.world)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name (the frozen rest is reloaded from its source)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+         scheduler: Any, progress: dict[str, Any]) -> Path:
+    """Write `run_dir/checkpoint/` atomically; returns its path."""
+    final = run_dir / "checkpoint"
+    tmp = run_dir / ".checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "progress": progress}, tmp / "state.pt")
+    old = run_dir / ".checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint of a run folder, or None when it has none."""
+    path = run_dir / "checkpoint" / "state.pt"
+    if not path.exists():
+        old = run_dir / ".checkpoint.old" / "state.pt"  # killed between the two renames
+        path = old if old.exists() else path
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any) -> dict[str, Any]:
+    """Put a checkpoint back into model, optimizer, scheduler and the RNGs; returns progress."""
+    params = dict(model.named_parameters())
+    missing = set(state["model"]) - set(params)
+    if missing:
+        raise RuntimeError(f"checkpoint has parameters the model lacks: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name, value in state["model"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state["progress"]

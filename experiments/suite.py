@@ -1,0 +1,256 @@
+"""Suites and sweeps: many runs of the one harness, resumable, then plots and a summary.
+
+    make suite SUITE=quick          # python -m experiments.suite quick
+    make suite SUITE=quick DRY=1    # list what would run
+    make sweep METHOD=lora          # python -m experiments.suite --sweep lora
+
+A suite file (`experiments/suites/<name>.yaml`) lists experiments (a name, a method and the
+overrides that differ from the defaults) and seeds; `sweeps:` entries expand a grid. A run whose
+finished record has the same config hash and seed is skipped, so an interrupted suite resumes
+where it stopped. Each run is its own process: a crash or a memory spike in one run cannot take
+the suite, or the next run's memory measurement, with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from experiments.config import UserError, config_hash, resolve
+from experiments.tracking import atomic_write_json
+
+HERE = Path(__file__).resolve().parent
+SUITES_DIR = HERE / "suites"
+SWEEPS_DIR = HERE / "sweeps"
+
+
+@dataclass
+class Job:
+    """One run: an experiment name, its key=value overrides, and a seed."""
+
+    name: str
+    overrides: dict[str, Any]
+    seed: int
+    hash: str = ""
+    status: str = "pending"  # pending | done | finished | failed
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def args(self) -> list[str]:
+        """The command-line arguments of this run."""
+        kv = {**self.overrides, "seed": self.seed, "name": self.name}
+        return [f"{k}={_fmt(v)}" for k, v in kv.items()]
+
+
+def _fmt(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise UserError(f"no {what} {path.stem!r} ({path}); known: {', '.join(known)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_suite(name: str) -> list[Job]:
+    """The jobs of a suite by name (experiments/suites/<name>.yaml) or path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SUITES_DIR / f"{name}.yaml"
+    data = _read_yaml(path, "suite")
+    seeds = data.get("seeds", [0])
+    defaults = data.get("defaults", {}) or {}
+    jobs: list[Job] = []
+    for exp in data.get("experiments", []) or []:
+        exp = dict(exp)
+        label = exp.pop("name", None) or exp.get("method", "run")
+        jobs += [Job(label, {**defaults, **exp}, s) for s in seeds]
+    for sweep in data.get("sweeps", []) or []:
+        sweep = dict(sweep)
+        label = sweep.pop("name", "sweep")
+        grid = sweep.pop("grid", {})
+        for values in itertools.product(*grid.values()):
+            point = dict(zip(grid, values, strict=True))
+            tag = ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
+            jobs += [Job(f"{label}:{tag}", {**defaults, **sweep, **point}, s) for s in seeds]
+    if not jobs:
+        raise UserError(f"{path}: lists no experiments")
+    return jobs
+
+
+def finished_runs(runs_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """(config_hash, seed) -> the newest finished record under runs_dir."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in sorted(runs_dir.glob("*/record.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a corrupt record is analysis's to report; here it only means "not done"
+        if rec.get("status") == "finished" and "config_hash" in rec:
+            out[(rec["config_hash"], rec.get("config", {}).get("seed"))] = rec
+    return out
+
+
+def plan(jobs: list[Job], runs_dir: Path) -> list[Job]:
+    """Resolve every job's config (rejecting bad ones up front) and mark those already done."""
+    done = finished_runs(runs_dir)
+    for job in jobs:
+        try:
+            cfg = resolve([f"{k}={v}" for k, v in [*job.overrides.items(), ("seed", job.seed)]])
+        except UserError as exc:
+            raise UserError(f"experiment {job.name!r}: {exc}") from exc
+        job.hash = config_hash(cfg)
+        rec = done.get((job.hash, job.seed))
+        if rec is not None:
+            job.status, job.detail = "done", rec
+    return jobs
+
+
+def run_job(job: Job, runs_dir: Path) -> None:
+    """Run one job in its own process; its outcome lands in job.status / job.detail."""
+    env = {**os.environ, "RUNS_DIR": str(runs_dir)}
+    cmd = [sys.executable, "-m", "experiments.train", *job.args()]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    job.detail = {"returncode": proc.returncode, "wall_s": round(time.perf_counter() - start, 1)}
+    match = finished_runs(runs_dir).get((job.hash, job.seed))
+    if proc.returncode == 0 and match is not None:
+        job.status, job.detail = "finished", match
+    else:
+        job.status = "failed"
+        job.detail["output"] = proc.stdout[-2000:]
+
+
+def run_suite(jobs: list[Job], runs_dir: Path, suite: str, dry: bool = False) -> list[Job]:
+    """Run every pending job in order; failures are logged and the suite goes on."""
+    jobs = plan(jobs, runs_dir)
+    pending = [j for j in jobs if j.status == "pending"]
+    print(f"suite {suite}: {len(jobs)} runs, {len(jobs) - len(pending)} already done, "
+          f"{len(pending)} to run", flush=True)
+    for j in jobs:
+        mark = "done" if j.status == "done" else ("would run" if dry else "to run")
+        print(f"  {mark:<9} {j.name:<28} seed={j.seed} hash={j.hash}")
+    if dry:
+        return jobs
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    log = runs_dir / f"suite-{Path(suite).stem}.jsonl"
+    for i, job in enumerate(pending, 1):
+        print(f"[{i}/{len(pending)}] {job.name} seed={job.seed}", flush=True)
+        run_job(job, runs_dir)
+        with open(log, "a") as f:
+            f.write(json.dumps({"time": time.time(), "name": job.name, "seed": job.seed,
+                                "hash": job.hash, "status": job.status,
+                                "run_id": job.detail.get("run_id"),
+                                "returncode": job.detail.get("returncode")}) + "\n")
+        if job.status == "failed":
+            print(f"  failed (exit {job.detail.get('returncode')}); the suite goes on; "
+                  f"see {log}", flush=True)
+    return jobs
+
+
+def table(jobs: list[Job]) -> str:
+    """A plain-text table of each job's outcome."""
+    rows = [f"{'experiment':<28} {'seed':>4} {'status':<9} {'test acc':>8} {'train s':>8}"]
+    for j in jobs:
+        m = j.detail.get("metrics", {})
+        acc = m.get("test/accuracy")
+        t = j.detail.get("time", {}).get("train_s")
+        rows.append(f"{j.name:<28} {j.seed:>4} {j.status:<9} "
+                    f"{'' if acc is None else f'{acc:.4f}':>8} {'' if t is None else t:>8}")
+    return "\n".join(rows)
+
+
+def regenerate_reports(runs_dir: Path) -> None:
+    """Plots and reports/summary.md from every record (analysis may be absent or fail)."""
+    try:
+        from analysis import plots
+    except ImportError:
+        return
+    try:
+        plots.main([str(runs_dir)])
+    except SystemExit:
+        pass
+    except Exception as exc:  # the runs are safe on disk; reports can be regenerated later
+        print(f"warning: regenerating reports failed ({type(exc).__name__}: {exc}); "
+              "run `make plots` again", file=sys.stderr)
+
+
+def load_sweep(method: str) -> tuple[list[Job], dict[str, Any]]:
+    """Jobs for the W&B sweep file of a method, expanded locally as a grid."""
+    spec = _read_yaml(SWEEPS_DIR / f"{method}.yaml", "sweep")
+    params = spec.get("parameters", {})
+    fixed = {k: v["value"] for k, v in params.items() if "value" in v}
+    grid = {k: v["values"] for k, v in params.items() if "values" in v}
+    jobs = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values, strict=True))
+        tag = ",".join(f"{k}={v}" for k, v in point.items())
+        jobs.append(Job(f"sweep-{method}:{tag}", {**fixed, **point}, 0))
+    return jobs, {"metric": spec.get("metric", {}).get("name", "val/accuracy"), "grid": grid}
+
+
+def choose(jobs: list[Job], metric: str, grid: dict[str, Any]) -> dict[str, Any]:
+    """The grid point with the best validation metric (never test)."""
+    if not metric.startswith("val/"):
+        raise UserError(f"sweeps choose by validation only; metric {metric!r} is not val/*")
+    scored = [(j.detail["metrics"][metric], j) for j in jobs
+              if j.status in ("done", "finished") and metric in j.detail.get("metrics", {})]
+    if not scored:
+        raise UserError("no sweep run finished; nothing to choose from")
+    best_score, best = max(scored, key=lambda t: t[0])
+    return {"metric": metric, "value": best_score,
+            "preset": {k: best.overrides[k] for k in grid},
+            "candidates": [{**{k: j.overrides[k] for k in grid}, metric: s} for s, j in scored]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: a suite name, or --sweep METHOD."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("suite", nargs="?", default="smoke", help="suite name or YAML path")
+    ap.add_argument("--sweep", metavar="METHOD", help="run the local grid of a method's sweep")
+    ap.add_argument("--dry", action="store_true", help="list what would run")
+    ap.add_argument("--no-reports", action="store_true", help="skip plots and summary")
+    args = ap.parse_args(argv)
+    runs_dir = Path(os.environ.get("RUNS_DIR", "runs"))
+    try:
+        if args.sweep:
+            jobs, spec = load_sweep(args.sweep)
+            jobs = run_suite(jobs, runs_dir, f"sweep-{args.sweep}", dry=args.dry)
+            if args.dry:
+                return 0
+            print(table(jobs))
+            choice = choose(jobs, spec["metric"], spec["grid"])
+            out = Path(os.environ.get("REPORTS_DIR", "reports")) / f"preset-{args.sweep}.json"
+            atomic_write_json(out, {"method": args.sweep, **choice})
+            print(f"proposed PRESET for {args.sweep}: {choice['preset']} "
+                  f"({choice['metric']}={choice['value']:.4f}); written to {out}")
+            return 0
+        jobs = run_suite(load_suite(args.suite), runs_dir, args.suite, dry=args.dry)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry:
+        return 0
+    if not args.no_reports:
+        regenerate_reports(runs_dir)
+    print(table(jobs))
+    failed = sum(j.status == "failed" for j in jobs)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The HTML dashboard: self-contained, every run in the table, and rendered by a real browser."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from analysis import dashboard, results
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--disable-quic", "--hide-scrollbars", "--window-size=1400,2000")
+
+
+@pytest.fixture(scope="module")
+def page(real_runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dashboard of the real runs, written once for this module by the command line."""
+    out = tmp_path_factory.mktemp("dashboard")
+    assert dashboard.main([str(real_runs), "--reports-dir", str(out)]) == 0
+    return out / "dashboard.html"
+
+
+def test_page_is_self_contained_and_lists_every_run(page: Path, real_runs: Path) -> None:
+    text = page.read_text()
+    df = results.load_records(real_runs)
+    assert text.count("<tr class='run ") == len(df) == 4
+    assert text.count("<tr class='details' hidden>") == 4
+    for run_id in df["run_id"]:
+        assert run_id in text
+    # Nothing fetched from anywhere: no external scripts, styles, fonts or images.
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:|//)""", text)
+    assert "<link" not in text and "@import" not in text and "<script src" not in text
+    images = re.findall(r"<img [^>]*src='data:image/png;base64,", text)
+    assert len(images) == 5  # every basic plot; no rank sweep in these runs
+    # Each run's config and provenance are in its details row.
+    assert "<h4>Configuration</h4>" in text and "<h4>Provenance</h4>" in text
+    assert "tiny-bert" in text and df["env.git_commit"].iloc[0] in text
+
+
+def test_cell_formatting_and_sort_keys() -> None:
+    assert dashboard.cell(0.8123, "pct") == ("81.2", "0.8123")
+    assert dashboard.cell(3 * 2**20, "bytes") == ("3.0 MiB", repr(float(3 * 2**20)))
+    assert dashboard.cell(None, "count") == ("—", "")
+    assert dashboard.cell(float("nan"), "secs") == ("—", "")
+    assert dashboard.cell("abcdef0123456789", "commit") == ("abcdef01", "abcdef0123456789")
+
+
+def test_html_escapes_record_text(real_runs: Path) -> None:
+    df = results.load_records(real_runs)
+    df.loc[0, "config.name"] = "<script>alert(1)</script>"
+    html = dashboard.build_html(df, "test")
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+
+
+def test_no_runs_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert dashboard.main([str(tmp_path / "none"), "--reports-dir", str(tmp_path)]) == 2
+    assert "no run records found" in capsys.readouterr().err
+    assert not (tmp_path / "dashboard.html").exists()
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _browse(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run does it)")
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"  # fresh: no shared state
+    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args,
+                           page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_dashboard_renders_in_headless_chromium(page: Path, tmp_path: Path) -> None:
+    dom = _browse(page, tmp_path, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    # The DOM after the page's script ran: the script marks the body, counts rows and images.
+    assert 'data-ready="1"' in html
+    assert "4 of 4 runs shown" in html
+    assert len(re.findall(r'<tr class="run ', html)) == 4
+    assert 'data-images="5"' in html  # every embedded figure decoded by the browser
+
+    shot = tmp_path / "dashboard.png"
+    result = _browse(page, tmp_path, f"--screenshot={shot}")
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    image = mpimg.imread(shot)
+    assert image.shape[:2] == (2000, 1400)
+    rgb = (image[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
+    assert len(np.unique(rgb[::13], axis=0)) > 200  # text, tables and plots, not a blank page
+    assert (rgb.min(axis=1) < 200).mean() > 0.02  # a real share of the page is drawn on
+
+
+# Drives the page as a user would (sort by a column twice, open a run, filter by method) and
+# leaves the results on <body> for --dump-dom to show.
+PROBE = """<script>
+window.addEventListener('load', function () {
+  var t = document.getElementById('runs'), out = {};
+  var rows = function () { return Array.prototype.slice.call(t.querySelectorAll('tr.run')); };
+  var th = Array.prototype.find.call(t.tHead.rows[0].cells,
+    function (c) { return c.textContent.indexOf('fit time') === 0; });
+  th.click(); th.click();
+  out.sort = th.getAttribute('aria-sort');
+  var v = rows().map(function (r) { return parseFloat(r.cells[th.cellIndex].dataset.v); });
+  out.descending = v.every(function (x, i) { return i === 0 || v[i - 1] >= x; });
+  out.pairs = rows().every(function (r) { return r.nextElementSibling.className === 'details'; });
+  var first = rows()[0]; first.click();
+  out.opened = !first.nextElementSibling.hidden;
+  out.details = first.nextElementSibling.textContent.indexOf('git_commit') >= 0;
+  var m = document.getElementById('method'); m.value = 'head';
+  m.dispatchEvent(new Event('input'));
+  out.shown = document.getElementById('shown').textContent;
+  out.visible = rows().filter(function (r) { return !r.hidden; }).length;
+  document.body.setAttribute('data-probe', JSON.stringify(out));
+});
+</script></body>"""
+
+
+def test_sorting_details_and_filters_work_in_chromium(page: Path, tmp_path: Path) -> None:
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE))
+    dom = _browse(probed, tmp_path, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, "the probe script did not run"
+    probe = json.loads(html.unescape(found.group(1)))
+    assert probe == {"sort": "descending", "descending": True, "pairs": True, "opened": True,
+                     "details": True, "shown": "2 of 4 runs shown", "visible": 2}

@@ -1,0 +1,183 @@
+"""The figures and summary.md: every plot kind is written, readable, and consistent in colour."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from analysis import plots, results  # noqa: E402
+from analysis.style import BytesLocator, Log2BytesLocator, human_bytes, method_color  # noqa: E402
+
+BASIC = ("accuracy_vs_params", "accuracy_vs_memory", "memory_breakdown", "time_throughput",
+         "val_curves")
+
+
+def _texts(fig: Figure) -> list[tuple[str, object]]:
+    """Every text that is drawn: tick labels only where the tick lies inside the view."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    tick_labels, shown = set(), []
+    axes = [*fig.axes, *(child for ax in fig.axes for child in ax.child_axes)]
+    for ax in axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            slack = 1e-9 * max(abs(lo), abs(hi), 1.0)
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                for label in (tick.label1, tick.label2):
+                    tick_labels.add(id(label))
+                    if label.get_visible() and lo - slack <= tick.get_loc() <= hi + slack:
+                        shown.append(label)
+    others = [t for t in fig.findobj(Text) if id(t) not in tick_labels and t.get_visible()]
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in shown + others
+            if t.get_text().strip()]
+
+
+def overlapping_text(fig: Figure) -> list[tuple[str, str]]:
+    """Pairs of visible text items whose boxes overlap by more than a pixel."""
+    pairs = []
+    for (a, box_a), (b, box_b) in itertools.combinations(_texts(fig), 2):
+        dx = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+        dy = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+        if dx > 1 and dy > 1:
+            pairs.append((a, b))
+    return pairs
+
+
+@pytest.fixture
+def sweep_runs(runs_copy: Path, make_record, ledger) -> Path:  # noqa: ANN001
+    """Real runs plus synthetic LoRA rank sweeps (two target sets) with memory ledgers."""
+    n = 1_010_370
+    for targets, base in (("all", 0.70), ("attention", 0.66)):
+        for rank in (2, 8, 32):
+            for seed in (0, 1, 2):
+                m = 66 + rank * 2000
+                make_record(runs_copy, "lora", seed, base + 0.01 * rank ** 0.5 + 0.005 * seed,
+                            config={"lora": {"rank": rank, "alpha": 16, "targets": targets}},
+                            memory=ledger(n, m))
+    make_record(runs_copy, "soft_prompt", 0, 0.6, config={"soft_prompt": {"tokens": 20}},
+                memory=ledger(n, 706))
+    # A record from before the memory ledger: only the measured peak.
+    make_record(runs_copy, "embedding", 0, 0.62, memory={"peak_bytes": 9_000_000,
+                                                         "peak_method": "sampled RSS"})
+    return runs_copy
+
+
+def test_real_runs_give_every_basic_plot_and_the_summary(real_runs: Path, tmp_path: Path) -> None:
+    (tmp_path / "accuracy_vs_rank.png").write_bytes(b"from an earlier sweep")
+    written = plots.write_reports(results.load_records(real_runs), tmp_path, "test runs")
+    names = {p.name for p in written}
+    for name in BASIC:
+        assert {f"{name}.png", f"{name}.svg"} <= names, name
+        image = mpimg.imread(tmp_path / f"{name}.png")
+        assert image.shape[0] > 300 and image.shape[1] > 600
+        assert len({tuple(px) for px in image[::7, ::7].reshape(-1, image.shape[2])}) > 20
+        assert (tmp_path / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    assert "accuracy_vs_rank.png" not in names  # no LoRA rank sweep among these runs
+    assert not (tmp_path / "accuracy_vs_rank.png").exists()  # so no stale figure either
+    summary = (tmp_path / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| head") or
+            line.startswith("| full")]
+    assert len(rows) == 2 and all(" ± " in row for row in rows)
+    assert "| method | n | test accuracy (%) | trainable params | % of total |" in summary
+    assert "![val_curves](val_curves.png)" in summary
+
+
+def test_ledger_and_rank_sweep_plots(sweep_runs: Path, tmp_path: Path) -> None:
+    df = results.load_records(sweep_runs)
+    agg = results.aggregate(results.finished(df))
+    figs = plots.figures(agg)
+    try:
+        assert set(figs) == {*BASIC, "accuracy_vs_rank"}
+        sweeps = plots.rank_sweeps(agg)
+        assert set(sweeps) == {"lora (targets=all)", "lora (targets=attention)"}
+        assert list(sweeps["lora (targets=all)"]["config.lora.rank"]) == [2, 8, 32]
+        legend = [t.get_text() for t in figs["memory_breakdown"].legends[0].get_texts()]
+        assert legend[:4] == ["weights", "gradients", "optimizer state", "activations (peak)"]
+        assert "predicted (formula)" in legend and "measured device peak" in legend
+        # The embedding record predates the ledger: drawn hatched, and the legend says so.
+        assert "measured peak only (no ledger in record)" in legend
+        rank_legend = [t.get_text() for t in figs["accuracy_vs_rank"].legends[0].get_texts()]
+        assert "full (reference)" in rank_legend and "head (reference)" in rank_legend
+        summary = plots.write_reports(df, tmp_path)[-1].read_text()
+        assert "4N + 16M (fp32 weights; grads and Adam state for M) (soft_prompt, lora)" in summary
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+
+
+def test_no_text_overlaps_in_any_figure(sweep_runs: Path) -> None:
+    agg = results.aggregate(results.finished(results.load_records(sweep_runs)))
+    for name, fig in plots.figures(agg).items():
+        assert overlapping_text(fig) == [], name
+        plt.close(fig)
+
+
+def test_each_method_keeps_its_colour_across_figures(sweep_runs: Path) -> None:
+    agg = results.aggregate(results.finished(results.load_records(sweep_runs)))
+    figs = plots.figures(agg)
+    for name in ("accuracy_vs_params", "accuracy_vs_memory", "val_curves"):
+        legend = figs[name].legends[0]
+        for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True):
+            method = text.get_text().split(" ")[0].rstrip(",")
+            if method in ("head", "full", "lora", "soft_prompt"):
+                color = handle.get_color() if hasattr(handle, "get_color") else None
+                color = color if color is not None else handle.lines[0].get_color()
+                assert to_hex(color) == to_hex(method_color(method)), (name, method)
+    ticks = figs["memory_breakdown"].axes[0].get_yticklabels()
+    tick_colors = {t.get_text(): to_hex(t.get_color()) for t in ticks}
+    assert tick_colors["head"] == to_hex(method_color("head"))
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def test_pareto_front() -> None:
+    points = [(10, 0.9), (1, 0.6), (5, 0.8), (6, 0.7), (2, 0.6), (20, 0.85)]
+    assert plots.pareto_front(points) == [(1, 0.6), (5, 0.8), (10, 0.9)]
+    assert plots.pareto_front([]) == []
+
+
+def test_byte_axes_use_round_binary_units() -> None:
+    assert human_bytes(1536) == "1.5 KiB" and human_bytes(3 * 2**30) == "3.0 GiB"
+    ticks = BytesLocator().tick_values(0, 60 * 2**20)
+    assert all((t / 2**20) % 10 == 0 for t in ticks)  # 0, 10, 20 ... MiB, not 19.07
+    logs = Log2BytesLocator().tick_values(3 * 2**20, 70 * 2**20)
+    assert [t / 2**20 for t in logs] == [2, 4, 8, 16, 32, 64, 128]
+
+
+def test_cli_writes_reports(real_runs: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture) -> None:
+    assert plots.main([str(real_runs), "--reports-dir", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "summary.md").exists()
+    assert "4 runs (4 finished)" in capsys.readouterr().out
+
+
+def test_cli_says_clearly_when_there_are_no_records(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    assert plots.main([str(tmp_path / "empty"), "--reports-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no run records found" in err and "make experiment" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_runs_from_wandb_plot_summarise_and_show(fake_wandb_api, tmp_path: Path) -> None:  # noqa: ANN001
+    from analysis import dashboard
+
+    df = results.load_wandb(api=fake_wandb_api)
+    names = {p.name for p in plots.write_reports(df, tmp_path, "W&B project ent/proj")}
+    # W&B holds config, summary and curves: the plots those support are drawn, the rest skipped.
+    assert {"accuracy_vs_params.png", "accuracy_vs_memory.png", "memory_breakdown.png",
+            "time_throughput.png", "val_curves.png", "summary.md"} <= names
+    assert "| lora | 1 | 81.0 |" in (tmp_path / "summary.md").read_text()
+    page = dashboard.build_html(df, "W&B")
+    assert page.count("<tr class='run ") == 2 and "https://wandb.ai/ent/proj/runs/aa" in page

@@ -1,0 +1,28 @@
+"""Input-embedding method: the position-embedding option, where the architecture has one."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.backbones import param_split
+from experiments.config import UserError
+from methods import embedding
+
+
+@pytest.mark.parametrize("arch", ["tiny-bert", "tiny-gpt2"])
+def test_train_positions_adds_the_position_table(tiny, arch: str) -> None:
+    """train_positions=true trains the (512, hidden) position table too, counted as embedding."""
+    model, _, _ = tiny(arch)
+    info = embedding.apply(model, embedding.Config(train_positions=True))
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    assert info["positions_trained"]
+    split = param_split(model)
+    assert split["embedding"] == (vocab + 512) * hidden
+    assert split["trainable"] == split["embedding"] + split["head"]
+
+
+def test_rotary_model_has_no_positions_to_train(tiny) -> None:
+    """LLaMA's positions are rotary: asking to train them is a one-line UserError."""
+    model, _, _ = tiny("tiny-llama")
+    with pytest.raises(UserError, match="no learned position embeddings"):
+        embedding.apply(model, embedding.Config(train_positions=True))
