@@ -8,6 +8,7 @@ so a kill mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -95,6 +96,8 @@ def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     torch.save({"model": trainable_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(),
                 "progress": progress}, tmp / "state.pt")
+    (tmp / "progress.json").write_text(json.dumps({"step": progress["step"],
+                                                   "epoch": progress["epoch"]}))
     old = run_dir / ".checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -129,3 +132,37 @@ def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opti
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["progress"]
+
+
+def find_resumable(runs_dir: Path, resume: str, hash_: str) -> Path:
+    """The run folder `resume` names: a run id, or `auto` = the newest unfinished run with a
+    checkpoint and this config hash. Raises UserError when there is none."""
+    from experiments.config import UserError
+
+    if resume != "auto":
+        run_dir = runs_dir / resume
+        if not (run_dir / "record.json").exists():
+            raise UserError(f"resume={resume}: no run {resume!r} in {runs_dir}; pass a run_id "
+                            "from that folder or resume=auto")
+        if load_progress_step(run_dir) is None:
+            raise UserError(f"resume={resume}: the run has no checkpoint to continue from")
+        return run_dir
+    for record_path in sorted(runs_dir.glob("*/record.json"), reverse=True):
+        try:
+            rec = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (rec.get("config_hash") == hash_ and rec.get("status") != "finished"
+                and load_progress_step(record_path.parent) is not None):
+            return record_path.parent
+    raise UserError(f"resume=auto: no unfinished run with a checkpoint and this config in "
+                    f"{runs_dir}; drop resume= to start a new run")
+
+
+def load_progress_step(run_dir: Path) -> int | None:
+    """The step a run folder's checkpoint was taken at, or None without one."""
+    for folder in ("checkpoint", ".checkpoint.old"):
+        path = run_dir / folder / "progress.json"
+        if path.exists() and (path.parent / "state.pt").exists():
+            return int(json.loads(path.read_text())["step"])
+    return None

@@ -65,6 +65,12 @@ class Config:
     wandb: str = _f("auto", "auto (online if logged in, else offline), online, offline, disabled")
     wandb_project: str = _f("", "W&B project (default: $WANDB_PROJECT or tunebench)")
     progress: bool = _f(True, "show a tqdm progress bar")
+    checkpoint_every: int = _f(100, "save a checkpoint every N steps and at each epoch end "
+                               "(0 = epoch ends only)")
+    keep_checkpoint: bool = _f(False, "keep the checkpoint of a finished run (it is always kept "
+                               "for failed and cancelled runs)")
+    resume: str = _f("", "continue a run: its run_id, or auto (the latest unfinished run with "
+                     "this config)")
     method_cfg: Any = field(default=None, repr=False, metadata={"doc": "the method's options"})
 
     def resolved_runs_dir(self) -> str:
@@ -77,7 +83,8 @@ class Config:
 
 
 # Keys that change where or how a run is reported, not what it computes.
-_NOT_HASHED = {"name", "runs_dir", "wandb", "wandb_project", "progress", "seed"}
+_NOT_HASHED = {"name", "runs_dir", "wandb", "wandb_project", "progress", "seed",
+               "checkpoint_every", "keep_checkpoint", "resume"}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -159,6 +166,17 @@ def _set(obj: Any, key: str, name: str, raw: Any) -> None:
     setattr(obj, name, coerce(key, raw, hints[name]))
 
 
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `to_dict`: method options back to `method.option` keys."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def resolve(args: list[str] | dict[str, Any]) -> Config:
     """Build the Config for `args` (key=value strings or a dict), preset applied, and check it."""
     from methods import METHODS  # the registry imports nothing from here at module level
@@ -197,7 +215,8 @@ def validate(cfg: Config) -> None:
     for key in ("batch_size", "eval_batch_size", "max_length", "log_every"):
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key}={getattr(cfg, key)} must be a positive integer")
-    for key in ("epochs", "max_steps", "train_size", "eval_size", "eval_every"):
+    for key in ("epochs", "max_steps", "train_size", "eval_size", "eval_every",
+                "checkpoint_every"):
         if getattr(cfg, key) < 0:
             raise UserError(f"{key}={getattr(cfg, key)} must be >= 0")
     if cfg.epochs == 0 and cfg.max_steps == 0:

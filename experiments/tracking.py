@@ -42,6 +42,11 @@ def atomic_write_json(path: Path, data: Any) -> None:
         raise
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
@@ -99,7 +104,7 @@ class Tracker:
     """One run's outputs: metrics.jsonl, record.json and the W&B run."""
 
     def __init__(self, run_dir: Path, run_id: str, config: dict[str, Any], group: str,
-                 mode: str, project: str) -> None:
+                 mode: str, project: str, resume: bool = False) -> None:
         self.run_dir = run_dir
         self.run_id = run_id
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -107,26 +112,54 @@ class Tracker:
         self.wandb: Any = None
         self.wandb_info: dict[str, Any] = {"mode": mode}
         if mode != "disabled":
-            self._start_wandb(config, group, mode, project)
+            self._start_wandb(config, group, mode, project, resume)
 
-    def _start_wandb(self, config: dict[str, Any], group: str, mode: str, project: str) -> None:
+    def position(self) -> int:
+        """How far metrics.jsonl is written (a checkpoint stores it)."""
+        self.metrics_file.flush()
+        return self.metrics_file.tell()
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop history written after a checkpoint, so a resumed run's history has no repeats."""
+        self.metrics_file.flush()
+        self.metrics_file.truncate(offset)
+        self.metrics_file.seek(offset)
+
+    def _start_wandb(self, config: dict[str, Any], group: str, mode: str, project: str,
+                     resume: bool) -> None:
         try:
-            import wandb
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.wandb = wandb.init(
-                    project=project or os.environ.get("WANDB_PROJECT") or "tunebench",
-                    group=group, job_type="train", name=self.run_id, id=self.run_id,
-                    config=config, dir=str(self.run_dir), mode=mode, reinit="finish_previous",
-                    settings=wandb.Settings(silent=True, console="off"))
-            self.wandb_info.update({"path": getattr(self.wandb, "path", None),
-                                    "dir": getattr(self.wandb, "dir", None)})
+            self.wandb = self._init(config, group, mode, project, resume)
         except Exception as exc:  # W&B must never take the run down with it
-            self._wandb_failed("start", exc)
+            if mode != "online":
+                self._wandb_failed("start", exc)
+                return
+            # Online but unreachable or not logged in: keep a W&B run anyway, offline.
+            print(f"warning: W&B online start failed ({_first_line(exc)}); logging this run "
+                  "offline instead (upload later with `wandb sync`)", file=sys.stderr)
+            self.wandb_info.update(mode="offline", error=f"online start: {_first_line(exc)}")
+            try:
+                self.wandb = self._init(config, group, "offline", project, resume)
+            except Exception as exc2:
+                self._wandb_failed("offline start", exc2)
+                return
+        self.wandb_info.update({"path": getattr(self.wandb, "path", None),
+                                "dir": getattr(self.wandb, "dir", None)})
+
+    def _init(self, config: dict[str, Any], group: str, mode: str, project: str,
+              resume: bool) -> Any:
+        import wandb
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return wandb.init(
+                project=project or os.environ.get("WANDB_PROJECT") or "tunebench",
+                group=group, job_type="train", name=self.run_id, id=self.run_id,
+                config=config, dir=str(self.run_dir), mode=mode, reinit="finish_previous",
+                resume="allow" if resume else None,
+                settings=wandb.Settings(silent=True, console="off", init_timeout=60))
 
     def _wandb_failed(self, what: str, exc: BaseException) -> None:
-        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        msg = _first_line(exc)
         print(f"warning: W&B {what} failed ({msg}); continuing with the local record only",
               file=sys.stderr)
         self.wandb_info["error"] = f"{what}: {msg}"

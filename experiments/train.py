@@ -15,6 +15,8 @@ something from the loop exposes a hook (`prepare_data`).
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import random
 import sys
 import time
@@ -28,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from experiments.config import Config, UserError, config_hash, describe, resolve, to_dict
+from experiments.config import Config, UserError, config_hash, describe, flatten, resolve, to_dict
 from experiments.memory import FirstStepProbe, memory_record, memory_summary
 
 EXIT_USER_ERROR = 2
@@ -161,15 +163,27 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: the run stops before the optimizer applies it."""
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the record (also written to disk)."""
     from experiments.backbones import load_backbone, param_split
+    from experiments.checkpoint import find_resumable
     from experiments.data import load_data
-    from experiments.memory import DevicePeak
-    from experiments.tracking import Tracker, environment, new_run_id, wandb_mode
+    from experiments.tracking import Tracker, atomic_write_json, environment, new_run_id, wandb_mode
     from methods import METHODS
 
     t0 = time.perf_counter()
+    runs_dir = Path(cfg.resolved_runs_dir())
+    previous: dict[str, Any] | None = None
+    if cfg.resume:
+        run_dir = find_resumable(runs_dir, cfg.resume, config_hash(cfg))
+        previous = json.loads((run_dir / "record.json").read_text())
+        # The saved config is the run's; only how it reports may change on resume.
+        keep = {k: getattr(cfg, k) for k in ("progress", "wandb", "runs_dir")}
+        cfg = resolve({**flatten(previous["config"]), **keep, "resume": run_dir.name})
     device = pick_device(cfg.device)
     ctx = Context(device, pick_precision(cfg.precision, device))
     seed_everything(cfg.seed)
@@ -186,139 +200,212 @@ def run(cfg: Config) -> dict[str, Any]:
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     params = param_split(model)
 
-    run_id = new_run_id(cfg.method)
-    run_dir = Path(cfg.resolved_runs_dir()) / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    config = to_dict(cfg)
-    record: dict[str, Any] = {
-        "schema": 1, "run_id": run_id, "method": cfg.method,
-        "experiment": cfg.experiment_name(), "config_hash": config_hash(cfg),
-        "status": "running", "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": config, "method_info": method_info, "model": model_info, "data": bundle.info,
-        "precision": ctx.precision, "params": params, "metrics": {}, "memory": {}, "time": {},
-        "env": environment(device),
-    }
-    tracker = Tracker(run_dir, run_id, {**config, "config_hash": record["config_hash"]},
-                      cfg.experiment_name(), wandb_mode(cfg.wandb), cfg.wandb_project)
+    if previous is not None:
+        run_id, record = previous["run_id"], previous
+        record.setdefault("resumed", []).append(
+            {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        record.update(status="running", error=None)
+    else:
+        run_id = new_run_id(cfg.method)
+        run_dir = runs_dir / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)  # a clash of ids fails here, never merges
+        record = {"schema": 1, "run_id": run_id, "method": cfg.method,
+                  "experiment": cfg.experiment_name(), "config_hash": config_hash(cfg),
+                  "status": "running",
+                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "config": to_dict(cfg), "method_info": method_info, "model": model_info,
+                  "data": bundle.info, "precision": ctx.precision, "params": params,
+                  "metrics": {}, "memory": {}, "time": {}, "env": environment(device)}
+    record["record_path"] = str(run_dir / "record.json")
+    # A run killed outright (SIGKILL, power) still leaves a record saying it never finished.
+    atomic_write_json(run_dir / "record.json", record)
+    tracker = Tracker(run_dir, run_id, {**record["config"], "config_hash": record["config_hash"]},
+                      cfg.experiment_name(), wandb_mode(cfg.wandb), cfg.wandb_project,
+                      resume=previous is not None)
+    loop = Loop(cfg, ctx, model, method, bundle.num_labels, tracker, record, run_dir)
     summary: dict[str, Any] = {}
     try:
-        summary = _train(cfg, ctx, model, method, splits, collate, bundle.num_labels, tracker,
-                         record, DevicePeak)
+        summary = loop.run(splits, collate)
         record["status"] = "finished"
     except KeyboardInterrupt:
         record["status"] = "cancelled"
+        loop.save_checkpoint()
         raise
     except Exception as exc:
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
+        record["failed_at_step"] = loop.step
         (run_dir / "error.txt").write_text(traceback.format_exc())
         raise
     finally:
+        record["last_checkpoint"] = loop.last_checkpoint
         record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         record["time"]["total_s"] = round(time.perf_counter() - t0, 3)
         summary.update({"params/trainable": params["trainable"], "params/total": params["total"]})
-        record["record_path"] = str(run_dir / "record.json")
         tracker.finish(record, summary)
+    if record["status"] == "finished" and not cfg.keep_checkpoint:
+        import shutil
+
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return record
 
 
-def _train(cfg: Config, ctx: Context, model: torch.nn.Module, method: Any,
-           splits: dict[str, Any], collate: Any, num_labels: int, tracker: Any,
-           record: dict[str, Any], peak_cls: Any) -> dict[str, Any]:
-    """The loop itself; fills `record` in place and returns the W&B summary."""
-    t_prep = time.perf_counter()
-    hook = getattr(method, "prepare_data", None)
-    if hook is not None:
-        splits, hook_collate, hook_info = hook(model, splits, collate, cfg, ctx)
-        collate = hook_collate
-        record["method_info"].update(hook_info)
-    prepare_s = time.perf_counter() - t_prep
+class Loop:
+    """The training loop's state, so a checkpoint can capture it and a resume restore it."""
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True,
-                              generator=gen, collate_fn=collate)
-    eval_loaders = {k: DataLoader(splits[k], batch_size=cfg.eval_batch_size, collate_fn=collate)
-                    for k in ("validation", "test")}
-    steps_per_epoch = len(train_loader)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    if cfg.max_steps and cfg.epochs:
-        total = min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    optimizer = build_optimizer(model, cfg, ctx.precision)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total, cfg.warmup_ratio))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    # Ledger and saved-activation peak, measured on the first step only (see experiments.memory).
-    probe = FirstStepProbe(model, optimizer)
+    def __init__(self, cfg: Config, ctx: Context, model: torch.nn.Module, method: Any,
+                 num_labels: int, tracker: Any, record: dict[str, Any], run_dir: Path) -> None:
+        self.cfg, self.ctx, self.model, self.method = cfg, ctx, model, method
+        self.num_labels, self.tracker, self.record, self.run_dir = (num_labels, tracker, record,
+                                                                     run_dir)
+        self.step = self.epoch = self.batch_in_epoch = self.samples = 0
+        self.train_s = self.eval_s = self.prepare_s = 0.0
+        self.val_history: list[dict[str, Any]] = []
+        self.loss_value = float("nan")
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
 
-    step, samples, train_s, eval_s = 0, 0, 0.0, 0.0
-    val_history: list[dict[str, Any]] = []
-    best_val = 0.0
-    loss_value = float("nan")
+    def progress(self) -> dict[str, Any]:
+        """Where the loop is, and the counters a resumed run continues from."""
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "samples": self.samples, "train_s": self.train_s, "eval_s": self.eval_s,
+                "val_history": self.val_history, "loss_value": self.loss_value,
+                "metrics_offset": self.tracker.position()}
 
-    def validate() -> None:
-        nonlocal eval_s, best_val
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint (after the optimizer exists, and only at a step boundary)."""
+        from experiments import checkpoint
+
+        if self.optimizer is None or self.step == 0:
+            return
+        path = checkpoint.save(self.run_dir, self.model, self.optimizer, self.scheduler,
+                               self.progress())
+        self.last_checkpoint = {"step": self.step, "path": str(path)}
+
+    def validate(self, loader: DataLoader) -> None:
+        """Evaluate on validation and log it."""
         t = time.perf_counter()
-        val = evaluate(model, eval_loaders["validation"], ctx, num_labels)
-        eval_s += time.perf_counter() - t
-        best_val = max(best_val, val["accuracy"])
-        val_history.append({"step": step, **val})
-        tracker.log({f"val/{k}": v for k, v in val.items() if k != "n"}, step=step)
+        val = evaluate(self.model, loader, self.ctx, self.num_labels)
+        self.eval_s += time.perf_counter() - t
+        self.val_history.append({"step": self.step, **val})
+        self.tracker.log({f"val/{k}": v for k, v in val.items() if k != "n"}, step=self.step)
 
-    bar = tqdm(total=total, desc=f"{cfg.method}", disable=not cfg.progress, dynamic_ncols=True,
-               file=sys.stderr)
-    model.train()
-    with peak_cls(ctx.device) as peak:
-        epoch = 0
-        while step < total:
-            epoch += 1
-            for batch in train_loader:
-                t = time.perf_counter()
-                batch = ctx.to_device(batch)
-                with probe.activations(batch):  # a no-op after the first step
-                    with ctx.autocast():
-                        loss = model(**batch).loss
-                    loss.backward()
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = loss.item()  # also syncs, so the step time below is real
-                train_s += time.perf_counter() - t
-                step += 1
-                samples += len(batch["labels"])
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", ex_s=f"{samples / train_s:.0f}")
-                if step % cfg.log_every == 0 or step == total:
-                    tracker.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
-                                 "train/epoch": step / steps_per_epoch}, step=step)
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    validate()
-                if step >= total:
-                    break
-            if not val_history or val_history[-1]["step"] != step:
-                validate()
-    bar.close()
-    t = time.perf_counter()
-    test = evaluate(model, eval_loaders["test"], ctx, num_labels)
-    eval_s += time.perf_counter() - t
+    def run(self, splits: dict[str, Any], collate: Any) -> dict[str, Any]:
+        """Prepare, train, evaluate; fills the record and returns the W&B summary."""
+        from experiments import checkpoint
+        from experiments.memory import DevicePeak
 
-    metrics = {"test/accuracy": test["accuracy"], "val/accuracy": val_history[-1]["accuracy"],
-               "val/best_accuracy": best_val, "train/loss_final": loss_value, "test/n": test["n"]}
-    if "macro_f1" in test:
-        metrics["test/macro_f1"] = test["macro_f1"]
-        metrics["val/macro_f1"] = val_history[-1]["macro_f1"]
-    record["metrics"] = metrics
-    record["val_history"] = val_history
-    record["steps"] = step
-    record["epochs"] = round(step / steps_per_epoch, 3)
-    record["memory"] = memory_record(peak, probe, record["params"], ctx.precision)
-    record["time"].update({"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
-                           "prepare_s": round(prepare_s, 3),
-                           "train_samples_per_s": round(samples / train_s, 2)})
-    return {"test/accuracy": test["accuracy"], "val/accuracy": metrics["val/accuracy"],
-            **({"test/macro_f1": test["macro_f1"]} if "macro_f1" in test else {}),
-            **memory_summary(record["memory"]),
-            "time/train_s": record["time"]["train_s"]}
+        cfg, ctx, model, record = self.cfg, self.ctx, self.model, self.record
+        t_prep = time.perf_counter()
+        hook = getattr(self.method, "prepare_data", None)
+        if hook is not None:
+            splits, collate, hook_info = hook(model, splits, collate, cfg, ctx)
+            record["method_info"].update(hook_info)
+        self.prepare_s = time.perf_counter() - t_prep
+
+        order = checkpoint.EpochOrder(len(splits["train"]), cfg.batch_size, cfg.seed)
+        # Each DataLoader iterator draws a seed from its generator; a private one keeps those
+        # draws off the global RNG, so dropout masks do not depend on when iterators start.
+        loader_rng = torch.Generator().manual_seed(cfg.seed)
+        train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size, sampler=order,
+                                  collate_fn=collate, generator=loader_rng)
+        eval_loaders = {k: DataLoader(splits[k], batch_size=cfg.eval_batch_size,
+                                      collate_fn=collate, generator=loader_rng)
+                        for k in ("validation", "test")}
+        steps_per_epoch = len(order.batches())
+        total = cfg.max_steps or cfg.epochs * steps_per_epoch
+        if cfg.max_steps and cfg.epochs:
+            total = min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+        self.optimizer = build_optimizer(model, cfg, ctx.precision)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_linear(total, cfg.warmup_ratio))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if cfg.resume:
+            state = checkpoint.load(self.run_dir)
+            saved = checkpoint.restore(state, model, self.optimizer, self.scheduler)
+            self.tracker.truncate_to(saved.pop("metrics_offset"))  # logged after the checkpoint
+            for key, value in saved.items():
+                setattr(self, key, value)
+        # Ledger and saved-activation peak, measured on the first step only.
+        probe = FirstStepProbe(model, self.optimizer)
+
+        bar = tqdm(total=total, initial=self.step, desc=cfg.method, disable=not cfg.progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        model.train()
+        with DevicePeak(ctx.device) as peak:
+            while self.step < total:
+                order.set_position(self.epoch, self.batch_in_epoch)
+                for batch in train_loader:
+                    self._step(batch, probe, trainable, total, steps_per_epoch)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{self.loss_value:.4f}",
+                                    ex_s=f"{self.samples / max(self.train_s, 1e-9):.0f}")
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self.validate(eval_loaders["validation"])
+                    if self.step >= total:
+                        break
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                if self.batch_in_epoch >= steps_per_epoch:  # a whole epoch is done
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                if not self.val_history or self.val_history[-1]["step"] != self.step:
+                    self.validate(eval_loaders["validation"])
+                self.save_checkpoint()
+        bar.close()
+        return self._finish(eval_loaders["test"], peak, probe, steps_per_epoch)
+
+    def _step(self, batch: dict[str, torch.Tensor], probe: Any, trainable: list[torch.Tensor],
+              total: int, steps_per_epoch: int) -> None:
+        """One optimizer step; a non-finite loss stops the run before the update."""
+        cfg, t = self.cfg, time.perf_counter()
+        batch = self.ctx.to_device(batch)
+        with probe.activations(batch):  # a no-op after the first step
+            with self.ctx.autocast():
+                loss = self.model(**batch).loss
+            loss.backward()
+        self.loss_value = loss.item()  # also syncs, so the step time below is real
+        if not math.isfinite(self.loss_value):
+            raise NonFiniteLoss(f"loss is {self.loss_value} at step {self.step + 1}; the "
+                                f"weights were not updated (last checkpoint: "
+                                f"{(self.last_checkpoint or {}).get('step', 'none')})")
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.train_s += time.perf_counter() - t
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.samples += len(batch["labels"])
+        if self.step % cfg.log_every == 0 or self.step == total:
+            self.tracker.log({"train/loss": self.loss_value,
+                              "train/lr": self.scheduler.get_last_lr()[0],
+                              "train/epoch": self.step / steps_per_epoch}, step=self.step)
+
+    def _finish(self, test_loader: DataLoader, peak: Any, probe: Any,
+                steps_per_epoch: int) -> dict[str, Any]:
+        """Test evaluation, metrics, memory and time into the record; the W&B summary."""
+        record, last = self.record, self.val_history[-1]
+        t = time.perf_counter()
+        test = evaluate(self.model, test_loader, self.ctx, self.num_labels)
+        self.eval_s += time.perf_counter() - t
+        metrics = {"test/accuracy": test["accuracy"], "val/accuracy": last["accuracy"],
+                   "val/best_accuracy": max(v["accuracy"] for v in self.val_history),
+                   "train/loss_final": self.loss_value, "test/n": test["n"]}
+        if "macro_f1" in test:
+            metrics["test/macro_f1"] = test["macro_f1"]
+            metrics["val/macro_f1"] = last["macro_f1"]
+        record.update(metrics=metrics, val_history=self.val_history, steps=self.step,
+                      epochs=round(self.step / steps_per_epoch, 3))
+        record["memory"] = memory_record(peak, probe, record["params"], self.ctx.precision)
+        record["time"].update({"train_s": round(self.train_s, 3),
+                               "eval_s": round(self.eval_s, 3),
+                               "prepare_s": round(self.prepare_s, 3),
+                               "train_samples_per_s": round(self.samples / self.train_s, 2)})
+        return {"test/accuracy": test["accuracy"], "val/accuracy": metrics["val/accuracy"],
+                **({"test/macro_f1": test["macro_f1"]} if "macro_f1" in test else {}),
+                **memory_summary(record["memory"]), "time/train_s": record["time"]["train_s"]}
 
 
 def summary_line(record: dict[str, Any]) -> str:
