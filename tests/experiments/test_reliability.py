@@ -156,5 +156,6 @@ def test_wandb_online_without_a_key_falls_back_to_offline(monkeypatch: pytest.Mo
     rec = run(resolve(["method=full", "model=tiny-bert", "train_size=64", "eval_size=32",
                        "max_steps=2", "progress=false", "wandb=auto"]))
     assert rec["status"] == "finished"
-    assert rec["env"]["wandb"]["mode"] == "offline" and "online start" in rec["env"]["wandb"]["error"]
+    wb = rec["env"]["wandb"]
+    assert wb["mode"] == "offline" and "online start" in wb["error"]
     assert list(Path(rec["record_path"]).parent.glob("wandb/offline-run-*/*.wandb"))
