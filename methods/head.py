@@ -73,7 +73,10 @@ def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: An
     model.eval()
     out = {}
     for name, ds in splits.items():
-        loader = DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
+        # A private generator: iterating a DataLoader draws a seed from its generator, and a
+        # draw from the global RNG here would shift every later dropout mask.
+        loader = DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate,
+                            generator=torch.Generator())
         feats, labels = [], []
         for batch in tqdm(loader, desc=f"features {name}", disable=not cfg.progress,
                           leave=False):
