@@ -33,8 +33,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install everything (done on first use by every target)
 
-experiment: $(STAMP) ## train one run: METHOD= DATA= MODEL= ARGS="key=value ..."
-	$(BIN)/python -m experiments.train method=$(METHOD) \
+# NPROC>1: torchrun starts NPROC processes (DDP; ARGS="dist=fsdp" for FSDP); the pre-check
+# refuses more processes than cores (CPU) or devices (CUDA) with one line and exit code 2.
+RUN := $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC),$(BIN)/python)
+experiment: $(STAMP) ## train one run: METHOD= DATA= MODEL= ARGS="key=value ..." NPROC=1
+	@$(BIN)/python -m experiments.distributed $(NPROC) \
+		$(patsubst device=%,%,$(filter device=%,$(ARGS))) || exit 2
+	$(RUN) -m experiments.train method=$(METHOD) \
 		$(if $(DATA),data=$(DATA)) $(if $(MODEL),model=$(MODEL)) $(ARGS)
 
 test: $(STAMP) ## run the whole test suite (CPU)

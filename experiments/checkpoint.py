@@ -86,14 +86,17 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, progress: dict[str, Any]) -> Path:
-    """Write `run_dir/checkpoint/` atomically; returns its path."""
+def save(run_dir: Path, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
+         scheduler: Any, progress: dict[str, Any],
+         states: tuple[dict[str, Any], dict[str, Any]] | None = None) -> Path:
+    """Write `run_dir/checkpoint/` atomically; returns its path. `states` = (trainable weights,
+    optimizer state) already gathered (a sharded run), else read from model and optimizer."""
+    weights, optim = states or (trainable_state(model), optimizer.state_dict())
     final = run_dir / "checkpoint"
     tmp = run_dir / ".checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+    torch.save({"model": weights, "optimizer": optim,
                 "scheduler": scheduler.state_dict(), "rng": rng_state(),
                 "progress": progress}, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": progress["step"],

@@ -29,6 +29,7 @@ def _f(default: Any, doc: str) -> Any:
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "mixed-12n")
 POOLINGS = ("mean", "cls", "last")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+DIST_STRATEGIES = ("none", "ddp", "fsdp")
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Config:
                                "for failed and cancelled runs)")
     resume: str = _f("", "continue a run: its run_id, or auto (the latest unfinished run with "
                      "this config)")
+    dist: str = _f("none", "several processes (under torchrun): ddp (the default there) or fsdp "
+                   "(full and lora); none = one process")
     method_cfg: Any = field(default=None, repr=False, metadata={"doc": "the method's options"})
 
     def resolved_runs_dir(self) -> str:
@@ -212,6 +215,7 @@ def validate(cfg: Config) -> None:
     _choice("precision", cfg.precision, PRECISIONS)
     _choice("pooling", cfg.pooling, POOLINGS)
     _choice("wandb", cfg.wandb, WANDB_MODES)
+    _choice("dist", cfg.dist, DIST_STRATEGIES)
     for key in ("batch_size", "eval_batch_size", "max_length", "log_every"):
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key}={getattr(cfg, key)} must be a positive integer")

@@ -56,6 +56,8 @@ def unique_bytes(tensors: Iterable[torch.Tensor]) -> tuple[int, dict[str, int]]:
     seen: set[tuple[Any, ...]] = set()
     total, by_dtype = 0, {}
     for t in tensors:
+        # A sharded (FSDP) tensor counts this rank's local shard: its storage, padding included.
+        t = t.to_local() if hasattr(t, "to_local") else t
         key = _storage_key(t)
         if key in seen:
             continue
@@ -111,7 +113,9 @@ class SavedTensorPeak:
 
     def _pack(self, t: torch.Tensor) -> Any:
         key = _storage_key(t)
-        if key in self._exclude:
+        base = t._base if t._base is not None else t
+        # FSDP's all-gathered parameters are new Parameters each step: still model state.
+        if key in self._exclude or isinstance(base, torch.nn.Parameter):
             return t
         self.saved += 1
         entry = self._live.get(key)

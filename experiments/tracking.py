@@ -237,3 +237,20 @@ def read_wandb_file(path: str | Path) -> dict[str, Any]:
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                                    for i in rec.history.item})
     return out
+
+
+class NullTracker:
+    """What ranks other than 0 log to: nothing (rank 0 alone writes metrics, record and W&B)."""
+
+    def position(self) -> int:
+        """No file: offset 0."""
+        return 0
+
+    def truncate_to(self, offset: int) -> None:
+        """Nothing to drop."""
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Dropped."""
+
+    def finish(self, record: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Nothing to write."""

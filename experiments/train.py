@@ -14,83 +14,25 @@ something from the loop exposes a hook (`prepare_data`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import random
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from experiments import distributed
 from experiments.config import Config, UserError, config_hash, describe, flatten, resolve, to_dict
+from experiments.evaluation import evaluate, human_bytes
 from experiments.memory import FirstStepProbe, memory_record, memory_summary
+from experiments.runtime import Context, pick_device, pick_precision, seed_everything, tokenize
 
 EXIT_USER_ERROR = 2
-
-
-@dataclass
-class Context:
-    """Where and how tensors run: device and precision."""
-
-    device: torch.device
-    precision: str
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the mixed-precision modes, a no-op for fp32."""
-        enabled = self.precision in ("bf16-mixed", "mixed-12n")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Move a batch to the device."""
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-
-def pick_device(name: str) -> torch.device:
-    """auto -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but CUDA is not available here; use device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"device={name!r} is not a device; use auto, cpu or cuda[:N]") from exc
-
-
-def pick_precision(precision: str, device: torch.device) -> str:
-    """auto -> bf16-mixed on CUDA, fp32 on CPU."""
-    if precision == "auto":
-        return "bf16-mixed" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-
-
-def tokenize(splits: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
-    """Token ids per split, unpadded (the collator pads each batch to its longest row)."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    out = {}
-    for name, ds in splits.items():
-        ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
-                    batched=True, remove_columns=["text"])
-        out[name] = ds.rename_column("label", "labels").with_format("torch")
-    return out
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config,
@@ -123,46 +65,6 @@ def warmup_linear(total_steps: int, warmup_ratio: float) -> Any:
     return factor
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Context,
-             num_labels: int) -> dict[str, float]:
-    """Accuracy (and macro-F1 with more than two classes) over a whole split."""
-    was_training = model.training
-    model.eval()
-    preds, labels = [], []
-    for batch in loader:
-        batch = ctx.to_device(batch)
-        y = batch.pop("labels")
-        with ctx.autocast():
-            logits = model(**batch).logits
-        preds.append(logits.argmax(-1).cpu())
-        labels.append(y.cpu())
-    model.train(was_training)
-    return classification_metrics(torch.cat(preds).numpy(), torch.cat(labels).numpy(), num_labels)
-
-
-def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) -> dict[str, float]:
-    """accuracy, n, and macro-F1 over classes when there are more than two."""
-    out = {"accuracy": float((pred == true).mean()), "n": int(len(true))}
-    if num_labels > 2:
-        f1s = []
-        for c in range(num_labels):
-            tp = np.sum((pred == c) & (true == c))
-            denom = np.sum(pred == c) + np.sum(true == c)
-            f1s.append(2 * tp / denom if denom else 0.0)
-        out["macro_f1"] = float(np.mean(f1s))
-    return out
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the run stops before the optimizer applies it."""
 
@@ -172,10 +74,18 @@ def run(cfg: Config) -> dict[str, Any]:
     from experiments.backbones import load_backbone, param_split
     from experiments.checkpoint import find_resumable
     from experiments.data import load_data
-    from experiments.tracking import Tracker, atomic_write_json, environment, new_run_id, wandb_mode
+    from experiments.tracking import (
+        NullTracker,
+        Tracker,
+        atomic_write_json,
+        environment,
+        new_run_id,
+        wandb_mode,
+    )
     from methods import METHODS
 
     t0 = time.perf_counter()
+    cfg.dist = distributed.strategy(cfg.dist)  # before hashing: under torchrun none means ddp
     runs_dir = Path(cfg.resolved_runs_dir())
     previous: dict[str, Any] | None = None
     if cfg.resume:
@@ -185,7 +95,9 @@ def run(cfg: Config) -> dict[str, Any]:
         keep = {k: getattr(cfg, k) for k in ("progress", "wandb", "runs_dir")}
         cfg = resolve({**flatten(previous["config"]), **keep, "resume": run_dir.name})
     device = pick_device(cfg.device)
-    ctx = Context(device, pick_precision(cfg.precision, device))
+    info = distributed.setup(cfg.dist, device, cfg.batch_size)
+    device = distributed.local_device(device, info)
+    ctx = Context(device, pick_precision(cfg.precision, device), info)
     seed_everything(cfg.seed)
     # Everything that can reject the user's input happens before anything is written.
     bundle = load_data(cfg)
@@ -206,9 +118,10 @@ def run(cfg: Config) -> dict[str, Any]:
             {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         record.update(status="running", error=None)
     else:
-        run_id = new_run_id(cfg.method)
+        run_id = distributed.broadcast(new_run_id(cfg.method), info)  # rank 0's id for all
         run_dir = runs_dir / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)  # a clash of ids fails here, never merges
+        if info.main:
+            run_dir.mkdir(parents=True, exist_ok=False)  # a clash of ids fails here, never merges
         record = {"schema": 1, "run_id": run_id, "method": cfg.method,
                   "experiment": cfg.experiment_name(), "config_hash": config_hash(cfg),
                   "status": "running",
@@ -217,11 +130,15 @@ def run(cfg: Config) -> dict[str, Any]:
                   "data": bundle.info, "precision": ctx.precision, "params": params,
                   "metrics": {}, "memory": {}, "time": {}, "env": environment(device)}
     record["record_path"] = str(run_dir / "record.json")
-    # A run killed outright (SIGKILL, power) still leaves a record saying it never finished.
-    atomic_write_json(run_dir / "record.json", record)
-    tracker = Tracker(run_dir, run_id, {**record["config"], "config_hash": record["config_hash"]},
-                      cfg.experiment_name(), wandb_mode(cfg.wandb), cfg.wandb_project,
-                      resume=previous is not None)
+    record["dist"] = info.record()
+    tracker: Any = NullTracker()  # only rank 0 writes the folder, the record and W&B
+    if info.main:
+        # A run killed outright (SIGKILL, power) still leaves a record saying it never finished.
+        atomic_write_json(run_dir / "record.json", record)
+        tracker = Tracker(run_dir, run_id, {**record["config"],
+                                            "config_hash": record["config_hash"]},
+                          cfg.experiment_name(), wandb_mode(cfg.wandb), cfg.wandb_project,
+                          resume=previous is not None)
     loop = Loop(cfg, ctx, model, method, bundle.num_labels, tracker, record, run_dir)
     summary: dict[str, Any] = {}
     try:
@@ -235,7 +152,8 @@ def run(cfg: Config) -> dict[str, Any]:
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["failed_at_step"] = loop.step
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        if info.main:
+            (run_dir / "error.txt").write_text(traceback.format_exc())
         raise
     finally:
         record["last_checkpoint"] = loop.last_checkpoint
@@ -243,7 +161,7 @@ def run(cfg: Config) -> dict[str, Any]:
         record["time"]["total_s"] = round(time.perf_counter() - t0, 3)
         summary.update({"params/trainable": params["trainable"], "params/total": params["total"]})
         tracker.finish(record, summary)
-    if record["status"] == "finished" and not cfg.keep_checkpoint:
+    if record["status"] == "finished" and not cfg.keep_checkpoint and info.main:
         import shutil
 
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
@@ -279,14 +197,17 @@ class Loop:
 
         if self.optimizer is None or self.step == 0:
             return
-        path = checkpoint.save(self.run_dir, self.model, self.optimizer, self.scheduler,
-                               self.progress())
+        states = distributed.full_states(self.model, self.optimizer, self.ctx.dist)
+        if states is None:  # not rank 0: it took part in the gather, rank 0 writes
+            return
+        path = checkpoint.save(self.run_dir, None, None, self.scheduler, self.progress(), states)
         self.last_checkpoint = {"step": self.step, "path": str(path)}
 
     def validate(self, loader: DataLoader) -> None:
         """Evaluate on validation and log it."""
         t = time.perf_counter()
-        val = evaluate(self.model, loader, self.ctx, self.num_labels)
+        val = evaluate(distributed.eval_model(self.model, self.ctx.dist), loader, self.ctx,
+                       self.num_labels)
         self.eval_s += time.perf_counter() - t
         self.val_history.append({"step": self.step, **val})
         self.tracker.log({f"val/{k}": v for k, v in val.items() if k != "n"}, step=self.step)
@@ -303,15 +224,18 @@ class Loop:
             splits, collate, hook_info = hook(model, splits, collate, cfg, ctx)
             record["method_info"].update(hook_info)
         self.prepare_s = time.perf_counter() - t_prep
+        model = self.model = distributed.wrap(model, ctx.dist)  # after the hook: it runs plain
 
-        order = checkpoint.EpochOrder(len(splits["train"]), cfg.batch_size, cfg.seed)
+        world = ctx.dist.world  # each rank takes its slice of every global batch
+        order = checkpoint.EpochOrder(len(splits["train"]), cfg.batch_size, cfg.seed,
+                                      ctx.dist.rank, world)
         # Each DataLoader iterator draws a seed from its generator; a private one keeps those
         # draws off the global RNG, so dropout masks do not depend on when iterators start.
         loader_rng = torch.Generator().manual_seed(cfg.seed)
-        train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size, sampler=order,
-                                  collate_fn=collate, generator=loader_rng)
-        eval_loaders = {k: DataLoader(splits[k], batch_size=cfg.eval_batch_size,
-                                      collate_fn=collate, generator=loader_rng)
+        train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size // world,
+                                  sampler=order, collate_fn=collate, generator=loader_rng)
+        eval_loaders = {k: distributed.eval_loader(splits[k], cfg.eval_batch_size, collate,
+                                                   ctx.dist, loader_rng)
                         for k in ("validation", "test")}
         steps_per_epoch = len(order.batches())
         total = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -323,7 +247,7 @@ class Loop:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if cfg.resume:
             state = checkpoint.load(self.run_dir)
-            saved = checkpoint.restore(state, model, self.optimizer, self.scheduler)
+            saved = distributed.restore(state, model, self.optimizer, self.scheduler, ctx.dist)
             self.tracker.truncate_to(saved.pop("metrics_offset"))  # logged after the checkpoint
             for key, value in saved.items():
                 setattr(self, key, value)
@@ -364,7 +288,8 @@ class Loop:
             with self.ctx.autocast():
                 loss = self.model(**batch).loss
             loss.backward()
-        self.loss_value = loss.item()  # also syncs, so the step time below is real
+        # The mean over the global batch (all ranks); also syncs, so the step time is real.
+        self.loss_value, rows = distributed.global_mean(loss, len(batch["labels"]), self.ctx.dist)
         if not math.isfinite(self.loss_value):
             raise NonFiniteLoss(f"loss is {self.loss_value} at step {self.step + 1}; the "
                                 f"weights were not updated (last checkpoint: "
@@ -377,7 +302,7 @@ class Loop:
         self.train_s += time.perf_counter() - t
         self.step += 1
         self.batch_in_epoch += 1
-        self.samples += len(batch["labels"])
+        self.samples += rows
         if self.step % cfg.log_every == 0 or self.step == total:
             self.tracker.log({"train/loss": self.loss_value,
                               "train/lr": self.scheduler.get_last_lr()[0],
@@ -388,7 +313,8 @@ class Loop:
         """Test evaluation, metrics, memory and time into the record; the W&B summary."""
         record, last = self.record, self.val_history[-1]
         t = time.perf_counter()
-        test = evaluate(self.model, test_loader, self.ctx, self.num_labels)
+        test = evaluate(distributed.eval_model(self.model, self.ctx.dist), test_loader, self.ctx,
+                        self.num_labels)
         self.eval_s += time.perf_counter() - t
         metrics = {"test/accuracy": test["accuracy"], "val/accuracy": last["accuracy"],
                    "val/best_accuracy": max(v["accuracy"] for v in self.val_history),
@@ -398,7 +324,9 @@ class Loop:
             metrics["val/macro_f1"] = last["macro_f1"]
         record.update(metrics=metrics, val_history=self.val_history, steps=self.step,
                       epochs=round(self.step / steps_per_epoch, 3))
-        record["memory"] = memory_record(peak, probe, record["params"], self.ctx.precision)
+        record["memory"] = distributed.per_rank(memory_record(
+            peak, probe, record["params"], self.ctx.precision, distributed.shards(self.ctx.dist)),
+            self.ctx.dist)
         record["time"].update({"train_s": round(self.train_s, 3),
                                "eval_s": round(self.eval_s, 3),
                                "prepare_s": round(self.prepare_s, 3),
@@ -428,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = run(resolve(argv))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if distributed.env_rank() == 0:  # one line, not one per process
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("cancelled: the record says so", file=sys.stderr)
@@ -437,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the run failed ({type(exc).__name__}: {exc}); the record and "
               "error.txt in its run folder hold the details", file=sys.stderr)
         return 1
-    print(summary_line(record))
+    finally:
+        distributed.cleanup()
+    if distributed.env_rank() == 0:
+        print(summary_line(record))
     return 0
 
 

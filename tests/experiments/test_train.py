@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from experiments.config import resolve
+from experiments.evaluation import classification_metrics
 from experiments.tracking import read_wandb_file
-from experiments.train import classification_metrics, main, run, warmup_linear
+from experiments.train import main, run, warmup_linear
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["model=tiny-bert", "train_size=96", "eval_size=48", "batch_size=16", "progress=false"]
