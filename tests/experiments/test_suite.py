@@ -98,3 +98,23 @@ def test_sweep_chooses_on_validation(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert proposal["metric"] == "val/accuracy" and len(proposal["candidates"]) == 2
     best = max(proposal["candidates"], key=lambda c: c["val/accuracy"])
     assert proposal["preset"] == {"lr": best["lr"]}
+
+
+@pytest.mark.slow
+def test_make_suite_smoke_runs_every_method(tmp_path: Path, runs_dir: Path) -> None:
+    """`make suite SUITE=smoke` as a user types it: every method on MiniLM, then reports."""
+    import os
+    import subprocess
+
+    from methods import METHODS
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "REPORTS_DIR": str(tmp_path / "reports")}
+    res = subprocess.run(["make", "-s", "suite", "SUITE=smoke"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in runs_dir.glob("*/record.json")]
+    assert sorted(r["method"] for r in records) == sorted(METHODS)
+    assert all(r["status"] == "finished" for r in records)
+    assert (tmp_path / "reports" / "summary.md").exists()
+    assert "lora-all" in res.stdout  # the closing table
