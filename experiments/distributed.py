@@ -118,9 +118,13 @@ def local_device(device: torch.device, info: DistInfo) -> torch.device:
     return device
 
 
-def cleanup() -> None:
-    """Leave the process group (a no-op without one)."""
+def cleanup(sync: bool = False) -> None:
+    """Leave the process group (a no-op without one); `sync` waits for every rank first."""
     if dist.is_initialized():
+        if sync:
+            # Without it, a rank that finishes first tears down its gloo threads while rank 0
+            # still writes the record, and the process can abort at exit (seen as SIGABRT).
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -330,7 +330,8 @@ class DevicePeak:
             return {"peak_bytes": int(torch.cuda.max_memory_allocated(self.device)),
                     "reserved_peak_bytes": int(torch.cuda.max_memory_reserved(self.device)),
                     "baseline_bytes": int(self.baseline),
-                    "peak_method": "torch.cuda.max_memory_allocated over training (exact)"}
+                    "peak_method": "torch.cuda.max_memory_allocated over preparation, training "
+                                   "and evaluation (exact)"}
         return {"peak_bytes": int(self.peak - self.baseline),
                 "rss_peak_bytes": int(self.peak), "baseline_bytes": int(self.baseline),
                 "peak_method": f"CPU resident-set growth over the baseline, sampled every "

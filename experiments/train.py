@@ -214,8 +214,15 @@ class Loop:
 
     def run(self, splits: dict[str, Any], collate: Any) -> dict[str, Any]:
         """Prepare, train, evaluate; fills the record and returns the W&B summary."""
-        from experiments import checkpoint
         from experiments.memory import DevicePeak
+
+        # The device peak covers preparation too (the head's feature pass is part of its cost).
+        with DevicePeak(self.ctx.device) as peak:
+            return self._run(splits, collate, peak)
+
+    def _run(self, splits: dict[str, Any], collate: Any, peak: Any) -> dict[str, Any]:
+        """`run` inside the device-peak measurement."""
+        from experiments import checkpoint
 
         cfg, ctx, model, record = self.cfg, self.ctx, self.model, self.record
         t_prep = time.perf_counter()
@@ -257,25 +264,24 @@ class Loop:
         bar = tqdm(total=total, initial=self.step, desc=cfg.method, disable=not cfg.progress,
                    dynamic_ncols=True, file=sys.stderr)
         model.train()
-        with DevicePeak(ctx.device) as peak:
-            while self.step < total:
-                order.set_position(self.epoch, self.batch_in_epoch)
-                for batch in train_loader:
-                    self._step(batch, probe, trainable, total, steps_per_epoch)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{self.loss_value:.4f}",
-                                    ex_s=f"{self.samples / max(self.train_s, 1e-9):.0f}")
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        self.validate(eval_loaders["validation"])
-                    if self.step >= total:
-                        break
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                        self.save_checkpoint()
-                if self.batch_in_epoch >= steps_per_epoch:  # a whole epoch is done
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                if not self.val_history or self.val_history[-1]["step"] != self.step:
+        while self.step < total:
+            order.set_position(self.epoch, self.batch_in_epoch)
+            for batch in train_loader:
+                self._step(batch, probe, trainable, total, steps_per_epoch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.loss_value:.4f}",
+                                ex_s=f"{self.samples / max(self.train_s, 1e-9):.0f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.validate(eval_loaders["validation"])
-                self.save_checkpoint()
+                if self.step >= total:
+                    break
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if self.batch_in_epoch >= steps_per_epoch:  # a whole epoch is done
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if not self.val_history or self.val_history[-1]["step"] != self.step:
+                self.validate(eval_loaders["validation"])
+            self.save_checkpoint()
         bar.close()
         return self._finish(eval_loaders["test"], peak, probe, steps_per_epoch)
 
@@ -355,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         record = run(resolve(argv))
+        distributed.cleanup(sync=True)
     except UserError as exc:
         if distributed.env_rank() == 0:  # one line, not one per process
             print(f"error: {exc}", file=sys.stderr)
