@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter, Locator, MaxNLocator
 
+from experiments.units import BYTE_UNITS
+from experiments.units import human_bytes as _format_bytes
+
 # The design's order (fewest trainable parameters first), used for legends, bars and tables.
 METHOD_ORDER = ("head", "embedding", "soft_prompt", "lora", "full")
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies and in greyscale print.
@@ -23,7 +26,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 LINESTYLES = ("-", "--", ":", "-.")
-BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
 
 RC = {
     "figure.dpi": 100, "savefig.dpi": 200, "font.size": 10, "axes.titlesize": 11,
@@ -48,15 +51,11 @@ def method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB' (binary units, as memory is allocated)."""
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB'; a missing value -> '—'."""
     if n is None or (isinstance(n, float) and math.isnan(n)):
         return "—"
-    for unit in BYTE_UNITS:
-        if abs(n) < 1024 or unit == BYTE_UNITS[-1]:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # unreachable; keeps type checkers calm
+    return _format_bytes(n)
 
 
 def human_count(n: float) -> str:

@@ -47,12 +47,3 @@ def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) 
             f1s.append(2 * tp / denom if denom else 0.0)
         out["macro_f1"] = float(np.mean(f1s))
     return out
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

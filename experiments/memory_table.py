@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import Config
-from experiments.evaluation import human_bytes
 from experiments.train import EXIT_USER_ERROR
+from experiments.units import human_bytes
 
 # Short runs: the ledger and the activation peak come from the first step; three steps keep
 # the device peak honest (the optimizer state exists from the first step on).

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from experiments import distributed
 from experiments.config import Config, UserError, config_hash, describe, flatten, resolve, to_dict
-from experiments.evaluation import evaluate, human_bytes
+from experiments.evaluation import evaluate
 from experiments.memory import FirstStepProbe, memory_record, memory_summary
 from experiments.runtime import Context, pick_device, pick_precision, seed_everything, tokenize
+from experiments.units import human_bytes
 
 EXIT_USER_ERROR = 2
 
