@@ -66,6 +66,24 @@ def warmup_linear(total_steps: int, warmup_ratio: float) -> Any:
     return factor
 
 
+def forward_backward(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                     ctx: Context) -> torch.Tensor:
+    """The loss of one batch (on the device, under the run's autocast), backpropagated."""
+    with ctx.autocast():
+        loss = model(**batch).loss
+    loss.backward()
+    return loss
+
+
+def apply_update(optimizer: torch.optim.Optimizer, trainable: list[torch.Tensor],
+                 max_grad_norm: float) -> None:
+    """Clip the gradients, take the optimizer step, and free the gradients."""
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the run stops before the optimizer applies it."""
 
@@ -292,20 +310,15 @@ class Loop:
         cfg, t = self.cfg, time.perf_counter()
         batch = self.ctx.to_device(batch)
         with probe.activations(batch):  # a no-op after the first step
-            with self.ctx.autocast():
-                loss = self.model(**batch).loss
-            loss.backward()
+            loss = forward_backward(self.model, batch, self.ctx)
         # The mean over the global batch (all ranks); also syncs, so the step time is real.
         self.loss_value, rows = distributed.global_mean(loss, len(batch["labels"]), self.ctx.dist)
         if not math.isfinite(self.loss_value):
             raise NonFiniteLoss(f"loss is {self.loss_value} at step {self.step + 1}; the "
                                 f"weights were not updated (last checkpoint: "
                                 f"{(self.last_checkpoint or {}).get('step', 'none')})")
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        self.optimizer.step()
+        apply_update(self.optimizer, trainable, cfg.max_grad_norm)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.train_s += time.perf_counter() - t
         self.step += 1
         self.batch_in_epoch += 1

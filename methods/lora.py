@@ -126,7 +126,13 @@ class LoRALinear(nn.Module):
         out = self.base_forward(x)
         if self.merged:
             return out
-        return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        h = self.lora_A(self.lora_dropout(x))
+        # One GEMM adds the scaled update into the base output (out + s * h B^T): no
+        # (tokens, out) temporaries for B(A x) and its scaling, which `out + B(A x) * s` makes
+        # in the forward and again in the backward (measured in BENCHMARKS.md).
+        update = torch.addmm(out.reshape(-1, self.out_features), h.reshape(-1, self.rank),
+                             self.lora_B.weight.T, alpha=self.scaling)
+        return update.view(out.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """(alpha / r) * B A in the layout of `weight` (transposed for Conv1D), in fp32."""
