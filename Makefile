@@ -75,3 +75,7 @@ suite: $(STAMP) ## run a suite resumably, then plots + summary: SUITE=smoke|quic
 
 sweep: $(STAMP) ## learning-rate grid for METHOD=, chosen on validation; writes a preset proposal
 	$(BIN)/python -m experiments.suite --sweep $(METHOD)
+
+.PHONY: bench
+bench: $(STAMP) ## benchmarks: step cost per method, our LoRA vs PEFT, inference, scaling -> BENCHMARKS.md (ARGS="--smoke" for a quick check)
+	$(BIN)/python -m bench $(ARGS)

@@ -1,0 +1,159 @@
+"""`make bench` / `python -m bench`: run the benchmark sections, write JSON, figures and
+BENCHMARKS.md.
+
+    python -m bench                          # everything, on the embedded MiniLM (CUDA if present)
+    python -m bench --only peft,inference    # some sections: methods, peft, inference, scaling
+    python -m bench --smoke                  # a tiny model, a few steps: checks the script works
+    python -m bench --out DIR                # BENCHMARKS.md, bench.json and figures into DIR
+
+Without --out, BENCHMARKS.md goes to the repository root and bench.json and the figures to
+$REPORTS_DIR (reports/); --smoke writes everything into reports/bench-smoke/.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.workloads import Settings
+from experiments.config import UserError
+
+SECTIONS = ("methods", "peft", "inference", "scaling")
+USAGE = ("usage: python -m bench [--smoke] [--only " + ",".join(SECTIONS) +
+         "] [--out DIR] [--device auto|cpu|cuda] [--rounds N] [--no-progress]")
+
+
+def smoke_settings(device: torch.device, precision: str) -> Settings:
+    """A tiny random BERT, a few steps of everything: seconds, for the test suite."""
+    return Settings(device, precision, model="tiny-bert", batch_size=4, seq_len=16, warmup=2,
+                    rounds=3, pairs=3, infer_rounds=(3, 3), ranks=(1, 4), seqs=(16, 32),
+                    scale_rounds=2, progress=False)
+
+
+def parse(argv: list[str]) -> tuple[Settings, list[str], Path, Path, bool]:
+    """(settings, sections, BENCHMARKS.md path, reports folder, smoke); UserError if bad."""
+    from experiments.runtime import pick_device
+
+    opts: dict[str, str | bool] = {}
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        if a in ("--smoke", "--no-progress"):
+            opts[a] = True
+        elif a in ("--only", "--out", "--device", "--rounds"):
+            if not args:
+                raise UserError(f"{a} needs a value; {USAGE}")
+            opts[a] = args.pop(0)
+        else:
+            raise UserError(f"unknown argument {a!r}; {USAGE}")
+    device = pick_device(str(opts.get("--device", "auto")))
+    precision = "bf16-mixed" if device.type == "cuda" else "fp32"
+    smoke = bool(opts.get("--smoke"))
+    s = smoke_settings(device, precision) if smoke else Settings(device, precision)
+    if "--rounds" in opts:
+        try:
+            s.rounds = s.pairs = int(str(opts["--rounds"]))
+        except ValueError:
+            s.rounds = 0
+        if s.rounds < 2:
+            raise UserError(f"--rounds {opts['--rounds']} must be an integer >= 2")
+    if opts.get("--no-progress"):
+        s.progress = False
+    sections = list(SECTIONS)
+    if "--only" in opts:
+        sections = [x.strip() for x in str(opts["--only"]).split(",") if x.strip()]
+        bad = [x for x in sections if x not in SECTIONS]
+        if bad or not sections:
+            raise UserError(f"--only {opts['--only']}: choose from {', '.join(SECTIONS)}")
+    if "--out" in opts:
+        out = Path(str(opts["--out"]))
+        md, reports = out / "BENCHMARKS.md", out
+    elif smoke:
+        reports = Path(os.environ.get("REPORTS_DIR", "reports")) / "bench-smoke"
+        md = reports / "BENCHMARKS.md"
+    else:
+        md, reports = Path("BENCHMARKS.md"), Path(os.environ.get("REPORTS_DIR", "reports"))
+    return s, sections, md, reports, smoke
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where the numbers come from: hardware, versions, git state."""
+    import psutil
+    import transformers
+
+    from experiments.tracking import git_info
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft_version, **git_info()}
+
+
+def run_sections(s: Settings, sections: list[str]) -> dict[str, Any]:
+    """Run the chosen sections in order; each result with its wall time."""
+    from bench import cost, inference, peft_vs_ours, scaling
+
+    modules = {"methods": cost, "peft": peft_vs_ours, "inference": inference,
+               "scaling": scaling}
+    out = {}
+    for name in sections:
+        print(f"[bench] {name}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        out[name] = modules[name].run(s)
+        out[name]["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, then write bench.json, figures and BENCHMARKS.md; 2 with one line on bad input."""
+    from bench import report
+    from experiments.tracking import atomic_write_json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print(USAGE)
+        return 0
+    t0 = time.perf_counter()
+    try:
+        s, sections, md, reports, smoke = parse(argv)
+        results: dict[str, Any] = {
+            "schema": 1, "smoke": smoke,
+            "command": "make bench" + (f' ARGS="{" ".join(argv)}"' if argv else ""),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine(s.device), "settings": report.settings_dict(s),
+            "sections": run_sections(s, sections)}
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    json_path = reports / "bench.json"
+    atomic_write_json(json_path, results)
+    figures = report.figures(results, reports)
+    report.write_markdown(results, md, figures, json_path)
+    print(report.verdicts(results))
+    print(f"written: {md}, {json_path}" + "".join(f", {f}" for f in figures))
+    return 0
