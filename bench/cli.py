@@ -5,6 +5,7 @@ BENCHMARKS.md.
     python -m bench --only peft,inference    # some sections: methods, peft, inference, scaling
     python -m bench --smoke                  # a tiny model, a few steps: checks the script works
     python -m bench --out DIR                # BENCHMARKS.md, bench.json and figures into DIR
+    python -m bench --from-json reports/bench.json   # re-render the page and figures, no runs
 
 Without --out, BENCHMARKS.md goes to the repository root and bench.json and the figures to
 $REPORTS_DIR (reports/); --smoke writes everything into reports/bench-smoke/.
@@ -12,10 +13,12 @@ $REPORTS_DIR (reports/); --smoke writes everything into reports/bench-smoke/.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ from experiments.config import UserError
 
 SECTIONS = ("methods", "peft", "inference", "scaling")
 USAGE = ("usage: python -m bench [--smoke] [--only " + ",".join(SECTIONS) +
-         "] [--out DIR] [--device auto|cpu|cuda] [--rounds N] [--no-progress]")
+         "] [--out DIR] [--device auto|cpu|cuda] [--rounds N] [--no-progress] "
+         "[--from-json FILE]")
 
 
 def smoke_settings(device: torch.device, precision: str) -> Settings:
@@ -36,8 +40,20 @@ def smoke_settings(device: torch.device, precision: str) -> Settings:
                     scale_rounds=2, progress=False)
 
 
-def parse(argv: list[str]) -> tuple[Settings, list[str], Path, Path, bool]:
-    """(settings, sections, BENCHMARKS.md path, reports folder, smoke); UserError if bad."""
+@dataclass
+class Plan:
+    """What to run and where its outputs go."""
+
+    settings: Settings
+    sections: list[str]
+    markdown: Path
+    reports: Path
+    smoke: bool
+    from_json: Path | None
+
+
+def parse(argv: list[str]) -> Plan:
+    """The plan the arguments ask for; UserError if they are bad."""
     from experiments.runtime import pick_device
 
     opts: dict[str, str | bool] = {}
@@ -46,7 +62,7 @@ def parse(argv: list[str]) -> tuple[Settings, list[str], Path, Path, bool]:
         a = args.pop(0)
         if a in ("--smoke", "--no-progress"):
             opts[a] = True
-        elif a in ("--only", "--out", "--device", "--rounds"):
+        elif a in ("--only", "--out", "--device", "--rounds", "--from-json"):
             if not args:
                 raise UserError(f"{a} needs a value; {USAGE}")
             opts[a] = args.pop(0)
@@ -79,7 +95,10 @@ def parse(argv: list[str]) -> tuple[Settings, list[str], Path, Path, bool]:
         md = reports / "BENCHMARKS.md"
     else:
         md, reports = Path("BENCHMARKS.md"), Path(os.environ.get("REPORTS_DIR", "reports"))
-    return s, sections, md, reports, smoke
+    source = Path(str(opts["--from-json"])) if "--from-json" in opts else None
+    if source is not None and not source.is_file():
+        raise UserError(f"--from-json {source}: no such file; run `make bench` first")
+    return Plan(s, sections, md, reports, smoke, source)
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -112,6 +131,17 @@ def machine(device: torch.device) -> dict[str, Any]:
             "peft": peft_version, **git_info()}
 
 
+def load_results(path: Path) -> dict[str, Any]:
+    """A bench.json written earlier; UserError when it is not one."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--from-json {path}: not readable JSON ({exc})") from exc
+    if not isinstance(results, dict) or results.get("schema") != 1 or "sections" not in results:
+        raise UserError(f"--from-json {path}: not a bench.json (schema 1) written by make bench")
+    return results
+
+
 def run_sections(s: Settings, sections: list[str]) -> dict[str, Any]:
     """Run the chosen sections in order; each result with its wall time."""
     from bench import cost, inference, peft_vs_ours, scaling
@@ -139,21 +169,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     try:
-        s, sections, md, reports, smoke = parse(argv)
-        results: dict[str, Any] = {
-            "schema": 1, "smoke": smoke,
-            "command": "make bench" + (f' ARGS="{" ".join(argv)}"' if argv else ""),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine(s.device), "settings": report.settings_dict(s),
-            "sections": run_sections(s, sections)}
+        plan = parse(argv)
+        if plan.from_json is not None:
+            results = load_results(plan.from_json)
+        else:
+            s = plan.settings
+            results = {
+                "schema": 1, "smoke": plan.smoke,
+                "command": "make bench" + (f' ARGS="{" ".join(argv)}"' if argv else ""),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": machine(s.device), "settings": report.settings_dict(s),
+                "sections": run_sections(s, plan.sections)}
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results["wall_s"] = round(time.perf_counter() - t0, 1)
-    json_path = reports / "bench.json"
-    atomic_write_json(json_path, results)
-    figures = report.figures(results, reports)
-    report.write_markdown(results, md, figures, json_path)
+    json_path = plan.reports / "bench.json"
+    if plan.from_json is None:
+        results["wall_s"] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(json_path, results)
+    elif plan.from_json.resolve() != json_path.resolve():
+        json_path = plan.from_json
+    figures = report.figures(results, plan.reports)
+    report.write_markdown(results, plan.markdown, figures, json_path)
     print(report.verdicts(results))
-    print(f"written: {md}, {json_path}" + "".join(f", {f}" for f in figures))
+    print(f"written: {plan.markdown}, {json_path}" + "".join(f", {f}" for f in figures))
     return 0

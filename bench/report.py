@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from analysis.style import human_bytes, human_count
 from bench.workloads import Settings
+from experiments.tracking import atomic_write_text
 
 
 def settings_dict(s: Settings) -> dict[str, Any]:
@@ -24,12 +24,19 @@ def _ms(stat: dict[str, float]) -> str:
 
 
 def _x(v: float | None, digits: int = 2) -> str:
+    """A number to `digits` decimals; a dash when missing."""
     return "—" if v is None else f"{v:.{digits}f}"
 
 
 def _ratio(v: float) -> str:
     """A ratio to two decimals, or to two significant digits when it is small."""
-    return f"{v:.2f}" if v >= 0.1 else f"{v:.2g}"
+    return f"{v:.2f}" if v >= 0.1 or v == 0 else f"{v:.2g}"
+
+
+def _gflop(flops: float) -> str:
+    """FLOPs in GFLOP: two decimals, or two significant digits below 1."""
+    g = flops / 1e9
+    return f"{g:,.2f}" if g >= 1 or g == 0 else f"{g:.2g}"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -72,16 +79,18 @@ def _header(res: dict[str, Any]) -> list[str]:
 
 def _methods(sec: dict[str, Any], cuda: bool) -> list[str]:
     head = ["method", "precision", "trainable", "step ms, median [IQR]", "× full",
-            "ledger", "× full", "activations", "tokens/s", "GFLOP/step", "GFLOP/s"]
+            "ledger", "× full", "activations", "tokens/s", "GFLOP/step", "× full", "GFLOP/s"]
     if cuda:
         head += ["MFU", "device peak"]
+    full_flops = next(r["flops_per_step"] for r in sec["rows"] if r["label"] == sec["baseline"])
     rows = []
     for r in sec["rows"]:
         row = [r["label"], r["precision"], human_count(r["params_trainable"]), _ms(r["step"]),
                _ratio(r["step_vs_full"]), human_bytes(r["ledger_bytes"]),
                _ratio(r["ledger_vs_full"]),
                human_bytes(r["activations_peak_bytes"]), f"{r['tokens_per_s']:,.0f}",
-               f"{r['flops_per_step'] / 1e9:,.2f}", f"{r['flops_per_s'] / 1e9:,.1f}"]
+               _gflop(r["flops_per_step"]), _ratio(r["flops_per_step"] / full_flops),
+               f"{r['flops_per_s'] / 1e9:,.1f}"]
         if cuda:
             row += [_x(r["mfu"] and 100 * r["mfu"], 1) + "%" if r["mfu"] else "—",
                     human_bytes(r["device_peak_bytes"])]
@@ -93,14 +102,17 @@ def _methods(sec: dict[str, Any], cuda: bool) -> list[str]:
            "machine hits all alike; × full is the median over rounds of the method's step time "
            "over full fine-tuning's in the same round.", ""]
     out += _table(head, rows) + [""]
+    full = next(r for r in sec["rows"] if r["label"] == sec["baseline"])
     notes = ["**ledger**: weights + gradients + optimizer state after the first step, each "
              "storage counted once (`experiments.memory`, as in every run record); "
              "**activations**: peak bytes autograd saved for backward in that step.",
-             "**GFLOP/step**: multiply-adds of the step's matrix products and attention, "
-             "forward and backward, counted by `torch.utils.flop_counter` as they ran: frozen "
-             "layers cost their forward and input gradient only (the honest count for "
-             "adapters); full fine-tuning lands near 6·N·T (N non-embedding parameters, T "
-             "tokens) plus attention."]
+             "**GFLOP/step**: floating-point operations (2 per multiply-add) of the step's "
+             "matrix products and attention, forward and backward, counted by "
+             "`torch.utils.flop_counter` as they ran: frozen layers cost their forward and "
+             "input gradient only (the honest count for adapters); full fine-tuning counts "
+             f"{full['flops_per_step'] / full['flops_6nt']:.2f}× the usual 6·N·T (N "
+             "non-embedding parameters, T tokens; attention scores make most of the "
+             "difference)."]
     if cached:
         notes.append(f"**head (cached features)**: the step trains the head on features the "
                      f"frozen backbone computed once per example before training "
@@ -183,8 +195,10 @@ def _scaling(sec: dict[str, Any], figures: dict[str, str]) -> list[str]:
     out += ["", "### Sequence length (lora all r=8, and full)", ""]
     if "seq" in figures:
         out += [f"![step time and memory against sequence length]({figures['seq']})", ""]
-    out += _table(["tokens", "method", "step ms", "optimizer state", "activations", "ledger"],
-                  [[str(r["seq"]), r["method"], _ms(r["step"]), human_bytes(r["optimizer_bytes"]),
+    out += _table(["tokens", "method", "step ms", "× full", "optimizer state", "activations",
+                   "ledger"],
+                  [[str(r["seq"]), r["method"], _ms(r["step"]), _x(r.get("step_vs_full")),
+                    human_bytes(r["optimizer_bytes"]),
                     human_bytes(r["activations_peak_bytes"]), human_bytes(r["ledger_bytes"])]
                    for r in sq["rows"]])
     def where(cross: dict[str, Any]) -> str:
@@ -231,15 +245,7 @@ def write_markdown(res: dict[str, Any], path: Path, figures: list[Path],
     if "scaling" in secs:
         lines += _scaling(secs["scaling"], rel)
     lines += HOW + [f"Raw samples: `{os.path.relpath(json_path, path.parent)}`.", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "\n".join(lines))
 
 
 def figures(res: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from bench.timing import interleaved
+from bench.timing import interleaved, median_ratio
 from bench.workloads import Settings, build
 
 
@@ -17,10 +17,9 @@ def ranks(s: Settings) -> dict[str, Any]:
         workloads.append(build(f"lora r={r}", "lora", ["lora.targets=all", f"lora.rank={r}"], s))
     times = interleaved({w.label: w.step for w in workloads}, s.scale_rounds, s.device,
                         desc="rank scaling", progress=s.progress)
-    rows = []
-    for r, w in zip(s.ranks, workloads, strict=True):
-        rows.append({"rank": r, **w.summary(times[w.label])})
-    return {"rows": rows, "rounds": s.scale_rounds}
+    rows = [{"rank": r, **w.summary(times[w.label])}
+            for r, w in zip(s.ranks, workloads, strict=True)]
+    return {"rows": rows, "rounds": s.scale_rounds, "times_s": times}
 
 
 def crossing(points: list[tuple[int, int, int]]) -> dict[str, Any]:
@@ -51,12 +50,14 @@ def sequences(s: Settings) -> dict[str, Any]:
                                          seq_len=seq)))
     times = interleaved({w.label: w.step for _, w in workloads}, s.scale_rounds, s.device,
                         desc="sequence scaling", progress=s.progress)
-    rows = [{"seq": seq, **w.summary(times[w.label])} for seq, w in workloads]
+    rows = [{"seq": seq, **w.summary(times[w.label]),
+             "step_vs_full": median_ratio(times[w.label], times[f"full seq={seq}"])}
+            for seq, w in workloads]
     def cross(key: str) -> dict[str, Any]:
         return {m: crossing([(r["seq"], r["activations_peak_bytes"], r[key]) for r in rows
                              if r["method"] == m]) for m in specs}
 
-    return {"rows": rows, "rounds": s.scale_rounds,
+    return {"rows": rows, "rounds": s.scale_rounds, "times_s": times,
             "activations_overtake_optimizer": cross("optimizer_bytes"),
             "activations_overtake_ledger": cross("ledger_bytes")}
 

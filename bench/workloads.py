@@ -38,7 +38,7 @@ class Settings:
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     # 16 too: at batch 32, full fine-tuning's activations pass its optimizer state below 32.
     seqs: tuple[int, ...] = (16, 32, 64, 128, 256)
-    scale_rounds: int = 6  # timed steps per point of the scaling curves
+    scale_rounds: int = 10  # timed steps per point of the scaling curves
     seed: int = 0
     progress: bool = True
 

@@ -27,19 +27,24 @@ def new_run_id(method: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{method}-{secrets.token_hex(3)}"
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, then rename: readers never see half."""
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temp file in the same folder, then rename: readers never see half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_jsonable)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -101,3 +101,26 @@ def test_bad_input_is_one_line_and_writes_nothing(argv: list[str], message: str,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not out.exists()
+
+
+def test_from_json_renders_the_same_page_without_running(
+        smoke: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, _ = smoke
+    assert cli.main(["--from-json", str(out / "bench.json"), "--out", str(tmp_path)]) == 0
+
+    def body(p: Path) -> list[str]:
+        return [line for line in p.read_text().splitlines() if not line.startswith("Raw samples")]
+    assert body(tmp_path / "BENCHMARKS.md") == body(out / "BENCHMARKS.md")
+    assert (tmp_path / "bench_seq.svg").exists() and not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not readable JSON"), ('{"schema": 2}', "not a bench.json")])
+def test_from_json_rejects_what_is_not_a_result(content: str, message: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bench.json"
+    bad.write_text(content)
+    assert cli.main(["--from-json", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()
