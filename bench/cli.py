@@ -183,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("cancelled: nothing written (the previous results are as they were)",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, not a traceback; BENCH_DEBUG=1 shows it
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        print(f"error: the benchmark failed ({type(exc).__name__}: {exc}); nothing written; "
+              "BENCH_DEBUG=1 shows the traceback", file=sys.stderr)
+        return 1
     json_path = plan.reports / "bench.json"
     if plan.from_json is None:
         results["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -124,3 +124,20 @@ def test_from_json_rejects_what_is_not_a_result(content: str, message: str, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_section_is_one_line_and_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import inference
+
+    def broken(_s: object) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(inference, "run", broken)
+    monkeypatch.delenv("BENCH_DEBUG", raising=False)
+    out = tmp_path / "out"
+    assert cli.main(["--smoke", "--only", "inference", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: the benchmark failed (RuntimeError: out of memory)")
+    assert not out.exists()
