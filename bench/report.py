@@ -92,7 +92,7 @@ def _methods(sec: dict[str, Any], cuda: bool) -> list[str]:
                _gflop(r["flops_per_step"]), _ratio(r["flops_per_step"] / full_flops),
                f"{r['flops_per_s'] / 1e9:,.1f}"]
         if cuda:
-            row += [_x(r["mfu"] and 100 * r["mfu"], 1) + "%" if r["mfu"] else "—",
+            row += [f"{100 * r['mfu']:.1f}%" if r["mfu"] else "—",
                     human_bytes(r["device_peak_bytes"])]
         rows.append(row)
     cached = next((r for r in sec["rows"] if r["info"].get("path") == "cached_features"), None)
