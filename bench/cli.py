@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -73,12 +72,10 @@ def parse(argv: list[str]) -> Plan:
     smoke = bool(opts.get("--smoke"))
     s = smoke_settings(device, precision) if smoke else Settings(device, precision)
     if "--rounds" in opts:
-        try:
-            s.rounds = s.pairs = int(str(opts["--rounds"]))
-        except ValueError:
-            s.rounds = 0
-        if s.rounds < 2:
-            raise UserError(f"--rounds {opts['--rounds']} must be an integer >= 2")
+        rounds = str(opts["--rounds"])
+        if not rounds.isdigit() or int(rounds) < 2:
+            raise UserError(f"--rounds {rounds} must be an integer >= 2")
+        s.rounds = s.pairs = int(rounds)
     if opts.get("--no-progress"):
         s.progress = False
     sections = list(SECTIONS)
@@ -102,33 +99,21 @@ def parse(argv: list[str]) -> Plan:
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    """Where the numbers come from: hardware, versions, git state."""
+    """Where the numbers come from: a run record's provenance plus the hardware and peft."""
     import psutil
-    import transformers
 
-    from experiments.tracking import git_info
+    from experiments.tracking import cpu_model, environment
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         import peft
 
         peft_version = peft.__version__
     except ImportError:
         peft_version = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {**environment(device), "cpu": cpu_model(), "cores": os.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft_version, **git_info()}
+            "peft": peft_version}
 
 
 def load_results(path: Path) -> dict[str, Any]:

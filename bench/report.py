@@ -50,7 +50,8 @@ def _ok(flag: bool) -> str:
 
 def _header(res: dict[str, Any]) -> list[str]:
     m, s = res["machine"], res["settings"]
-    hw = f"{m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), " \
+    threads = m.get("cpu_threads", m.get("torch_threads"))  # bench.json before 2026-11-30
+    hw = f"{m['cpu']}, {m['cores']} cores (torch threads {threads}), " \
          f"{m['memory_gib']} GiB RAM"
     if m.get("gpu"):
         hw += f"; GPU {m['gpu']}"

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench.flops import counted_flops, non_embedding_params
+from bench.flops import counted_flops, non_embedding_params, peak_flops
+from bench.timing import stats
 from experiments.config import Config, resolve
 from experiments.memory import FirstStepProbe, predict
 from experiments.runtime import Context, pick_precision, seed_everything
@@ -132,9 +133,6 @@ class Workload:
 
     def summary(self, seconds: list[float]) -> dict[str, Any]:
         """The measured row: time, throughput, FLOPs, memory ledger and the prediction."""
-        from bench.flops import peak_flops
-        from bench.timing import stats
-
         total, trainable = param_counts(self.model)
         t = stats(seconds)
         per_s = 1e3 / t["median_ms"]

@@ -74,17 +74,28 @@ def git_info() -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, where platform.processor() is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: Any) -> dict[str, Any]:
     """Provenance: versions, device, git state."""
     import datasets
     import torch
     import transformers
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "datasets": datasets.__version__,
             "platform": platform.platform(), "device": str(device),
-            "device_name": name or platform.machine(), "cpu_threads": torch.get_num_threads(),
+            "device_name": name, "cpu_threads": torch.get_num_threads(),
             **git_info(), "argv": sys.argv}
 
 

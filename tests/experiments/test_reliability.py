@@ -77,12 +77,17 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, call: int, how: str) -> None:
     monkeypatch.setattr(backbones.Classifier, "forward", forward)
 
 
+def _only_record() -> tuple[Path, dict]:
+    """The path and content of the single run record this test wrote."""
+    (record,) = Path(os.environ["RUNS_DIR"]).glob("*/record.json")
+    return record, json.loads(record.read_text())
+
+
 def test_nan_loss_stops_with_a_failed_record(monkeypatch: pytest.MonkeyPatch) -> None:
     _fail_at(monkeypatch, 8, "nan")
     with pytest.raises(NonFiniteLoss):
         run(resolve(BASE))
-    (record,) = Path(os.environ["RUNS_DIR"]).glob("*/record.json")
-    rec = json.loads(record.read_text())
+    record, rec = _only_record()
     assert rec["status"] == "failed" and "loss is nan" in rec["error"]
     assert rec["failed_at_step"] == 7 and rec["last_checkpoint"]["step"] == 5
     assert (record.parent / "checkpoint" / "state.pt").exists()
@@ -92,8 +97,7 @@ def test_a_crash_mid_run_writes_a_failed_record(monkeypatch: pytest.MonkeyPatch)
     _fail_at(monkeypatch, 3, "crash")
     with pytest.raises(RuntimeError):
         run(resolve(BASE))
-    (record,) = Path(os.environ["RUNS_DIR"]).glob("*/record.json")
-    rec = json.loads(record.read_text())
+    record, rec = _only_record()
     assert rec["status"] == "failed" and rec["config"]["lr"] == 1e-3
     assert "simulated crash" in (record.parent / "error.txt").read_text()
 
@@ -103,8 +107,7 @@ def test_ctrl_c_writes_cancelled_and_a_checkpoint_then_resumes(
     _fail_at(monkeypatch, 9, "interrupt")
     with pytest.raises(KeyboardInterrupt):
         run(resolve(BASE))
-    (record,) = Path(os.environ["RUNS_DIR"]).glob("*/record.json")
-    rec = json.loads(record.read_text())
+    record, rec = _only_record()
     assert rec["status"] == "cancelled" and rec["last_checkpoint"]["step"] == 8
     monkeypatch.undo()
     monkeypatch.setenv("RUNS_DIR", str(record.parent.parent))
