@@ -7,14 +7,19 @@ command line. Method options live in the method's own dataclass and are addresse
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from methods import METHODS
+from methods.base import MethodError
 
 
 class UserError(Exception):
@@ -182,8 +187,6 @@ def flatten(config: dict[str, Any]) -> dict[str, Any]:
 
 def resolve(args: list[str] | dict[str, Any]) -> Config:
     """Build the Config for `args` (key=value strings or a dict), preset applied, and check it."""
-    from methods import METHODS  # the registry imports nothing from here at module level
-
     overrides = parse_overrides(args) if isinstance(args, list) else dict(args)
     method = str(overrides.get("method", Config.method))
     if method not in METHODS:
@@ -231,7 +234,17 @@ def validate(cfg: Config) -> None:
         raise UserError("classifier_dropout and warmup_ratio must be in [0, 1)")
     check = getattr(cfg.method_cfg, "validate", None)
     if check is not None:
-        check()
+        with method_errors():
+            check()
+
+
+@contextlib.contextmanager
+def method_errors() -> Iterator[None]:
+    """Turn a method's own `MethodError` into the harness's one-line `UserError`."""
+    try:
+        yield
+    except MethodError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def describe() -> str:

@@ -27,11 +27,22 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from experiments import distributed
-from experiments.config import Config, UserError, config_hash, describe, flatten, resolve, to_dict
+from experiments.config import (
+    Config,
+    UserError,
+    config_hash,
+    describe,
+    flatten,
+    method_errors,
+    resolve,
+    to_dict,
+)
 from experiments.evaluation import evaluate
 from experiments.memory import FirstStepProbe, memory_record, memory_summary
 from experiments.runtime import Context, pick_device, pick_precision, seed_everything, tokenize
 from experiments.units import human_bytes
+from methods import METHODS
+from methods.model import param_split
 
 EXIT_USER_ERROR = 2
 
@@ -90,7 +101,7 @@ class NonFiniteLoss(RuntimeError):
 
 def run(cfg: Config) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the record (also written to disk)."""
-    from experiments.backbones import load_backbone, param_split
+    from experiments.backbones import load_backbone
     from experiments.checkpoint import find_resumable
     from experiments.data import load_data
     from experiments.tracking import (
@@ -101,8 +112,6 @@ def run(cfg: Config) -> dict[str, Any]:
         new_run_id,
         wandb_mode,
     )
-    from methods import METHODS
-
     t0 = time.perf_counter()
     cfg.dist = distributed.strategy(cfg.dist)  # before hashing: under torchrun none means ddp
     runs_dir = Path(cfg.resolved_runs_dir())
@@ -123,7 +132,8 @@ def run(cfg: Config) -> dict[str, Any]:
     model, tokenizer, model_info = load_backbone(cfg.model, bundle.num_labels, cfg.pooling,
                                                  cfg.classifier_dropout)
     method = METHODS[cfg.method]
-    method_info = dict(method.apply(model, cfg.method_cfg) or {})
+    with method_errors():
+        method_info = dict(method.apply(model, cfg.method_cfg) or {})
     model.to(device)
     splits = tokenize(bundle.splits, tokenizer, cfg.max_length)
     from transformers import DataCollatorWithPadding

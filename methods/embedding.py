@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from experiments.backbones import _position_embeddings, param_split
-from experiments.config import UserError
+from methods.base import MethodError
+from methods.model import param_split, position_embeddings
 
 # A row only moves when its token occurs, so it needs a large step for 2 epochs. Checked on a
 # rotten_tomatoes subsample (train_size=2000 eval_size=500): validation 0.702 at 1e-3, 0.784 at
@@ -31,9 +31,9 @@ class Config:
 
 def apply(model: nn.Module, cfg: Config) -> dict:
     """Freeze everything but the input token embeddings (and positions, if asked) and the head."""
-    positions = _position_embeddings(model) if cfg.train_positions else None
+    positions = position_embeddings(model) if cfg.train_positions else None
     if cfg.train_positions and positions is None:
-        raise UserError(f"embedding.train_positions=true, but the {model.config.model_type} "
+        raise MethodError(f"embedding.train_positions=true, but the {model.config.model_type} "
                         "backbone has no learned position embeddings (rotary or none); "
                         "leave it false")
     for p in model.parameters():

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from experiments.backbones import param_split
-from experiments.config import UserError
+from methods.base import MethodError
+from methods.model import param_split
 
 # The reference script's setting (rank 8, alpha 16, targets all, 2 epochs at 5e-4: 0.830 test
 # accuracy on rotten_tomatoes); the low-rank update needs ~10x full fine-tuning's 5e-5. A check on
@@ -69,15 +69,15 @@ class Config:
     def validate(self) -> None:
         """Reject option values that can never work, whatever the backbone."""
         if self.rank <= 0:
-            raise UserError(f"lora.rank={self.rank} must be >= 1")
+            raise MethodError(f"lora.rank={self.rank} must be >= 1")
         if not self.alpha > 0:
-            raise UserError(f"lora.alpha={self.alpha} must be > 0")
+            raise MethodError(f"lora.alpha={self.alpha} must be > 0")
         if not 0 <= self.dropout < 1:
-            raise UserError(f"lora.dropout={self.dropout} must be in [0, 1)")
+            raise MethodError(f"lora.dropout={self.dropout} must be in [0, 1)")
         if self.init not in INITS:
-            raise UserError(f"lora.init={self.init!r} is not one of: {', '.join(INITS)}")
+            raise MethodError(f"lora.init={self.init!r} is not one of: {', '.join(INITS)}")
         if not self.targets.strip():
-            raise UserError("lora.targets is empty; use all, attention, mlp, names or a regex")
+            raise MethodError("lora.targets is empty; use all, attention, mlp, names or a regex")
 
 
 class LoRALinear(nn.Module):
@@ -192,7 +192,7 @@ def _available(layers: dict[str, nn.Module]) -> str:
 
 
 def select_targets(model: nn.Module, targets: str) -> list[str]:
-    """Full paths of the layers `targets` names; a UserError (listing what exists) if none."""
+    """Full paths of the layers `targets` names; a MethodError (listing what exists) if none."""
     layers = linear_layers(model)
     spec = targets.strip()
     hint = "use all, attention, mlp, module names (comma-separated) or a regex"
@@ -203,18 +203,19 @@ def select_targets(model: nn.Module, targets: str) -> list[str]:
         try:
             pattern = re.compile(spec)
         except re.error as exc:
-            raise UserError(f"lora.targets={spec!r} is not a valid regex ({exc}); {hint}") from exc
+            raise MethodError(f"lora.targets={spec!r} is not a valid regex ({exc}); "
+                              f"{hint}") from exc
         chosen = [n for n in layers if pattern.search(n)]
     else:
         chosen = []
         for item in (s.strip() for s in spec.split(",") if s.strip()):
             hits = [n for n in layers if n == item or n.endswith("." + item)]
             if not hits:
-                raise UserError(f"lora.targets: {item!r} matches no linear layer of "
+                raise MethodError(f"lora.targets: {item!r} matches no linear layer of "
                                 f"{model.config.model_type}; {_available(layers)}; {hint}")
             chosen += [h for h in hits if h not in chosen]
     if not chosen:
-        raise UserError(f"lora.targets={spec!r} matches no linear layer of "
+        raise MethodError(f"lora.targets={spec!r} matches no linear layer of "
                         f"{model.config.model_type}; {_available(layers)}; {hint}")
     return chosen
 
@@ -228,7 +229,7 @@ def apply(model: nn.Module, cfg: Config) -> dict:
     """Wrap the targeted layers, freeze the backbone, train adapters and the head."""
     cfg.validate()  # also when called directly, not only through experiments.config.resolve
     if lora_layers(model):
-        raise UserError("the model already has LoRA layers; apply lora once, to a fresh model")
+        raise MethodError("the model already has LoRA layers; apply lora once, to a fresh model")
     names = select_targets(model, cfg.targets)
     modules = dict(model.named_modules())
     # Every check comes before the first change, so a rejected config leaves the model as it was.
@@ -237,7 +238,7 @@ def apply(model: nn.Module, cfg: Config) -> dict:
         n_in, n_out = (m.weight.shape[0], m.weight.shape[1]) if isinstance(m, Conv1D) \
             else (m.weight.shape[1], m.weight.shape[0])
         if cfg.rank > min(n_in, n_out):
-            raise UserError(f"lora.rank={cfg.rank} exceeds min(in, out)={min(n_in, n_out)} of "
+            raise MethodError(f"lora.rank={cfg.rank} exceeds min(in, out)={min(n_in, n_out)} of "
                             f"{name} ({n_in}->{n_out}); choose lora.rank <= {min(n_in, n_out)}")
     output_emb = _output_embeddings(model) if cfg.train_output_embeddings else None
     for p in model.parameters():
@@ -267,11 +268,11 @@ def apply(model: nn.Module, cfg: Config) -> dict:
 
 
 def _output_embeddings(model: nn.Module) -> nn.Module:
-    """The backbone's output embedding; a UserError when it has none (our head replaces it)."""
+    """The backbone's output embedding; a MethodError when it has none (our head replaces it)."""
     get = getattr(model.backbone, "get_output_embeddings", None)
     out = get() if get is not None else None
     if out is None:
-        raise UserError(f"lora.train_output_embeddings=true, but the {model.config.model_type} "
+        raise MethodError(f"lora.train_output_embeddings=true, but the {model.config.model_type} "
                         "backbone has no output embedding (the classifier head replaces the LM "
                         "head and always trains); leave it false")
     return out
@@ -320,11 +321,11 @@ def load_adapter(model: nn.Module, path: str | Path) -> list[str]:
     params = dict(model.named_parameters())
     unknown = sorted(k for k in tensors if k not in params)
     if unknown:
-        raise UserError(f"{path}: {len(unknown)} weights have no place in this model (first: "
+        raise MethodError(f"{path}: {len(unknown)} weights have no place in this model (first: "
                         f"{unknown[0]}); apply lora with the same targets first")
     missing = sorted(k for k in trained_state(model) if k not in tensors)
     if missing:
-        raise UserError(f"{path}: {len(missing)} trained weights of this model are not in the "
+        raise MethodError(f"{path}: {len(missing)} trained weights of this model are not in the "
                         f"file (first: {missing[0]}); was it saved with the same options?")
     merged = [m for m in lora_layers(model).values() if m.merged]
     for m in merged:  # load the update into unmerged layers, then fold it back in
@@ -344,7 +345,7 @@ def export_peft(model: nn.Module, out_dir: str | Path) -> Path:
 
     layers = lora_layers(model)
     if not layers:
-        raise UserError("the model has no LoRA layers; call methods.lora.apply first")
+        raise MethodError("the model has no LoRA layers; call methods.lora.apply first")
     settings = {(m.rank, m.alpha, getattr(m.lora_dropout, "p", 0.0)) for m in layers.values()}
     if len(settings) != 1:
         raise ValueError(f"PEFT's config holds one rank/alpha/dropout; layers have {settings}")

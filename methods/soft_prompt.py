@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.backbones import _position_embeddings, param_split
-from experiments.config import UserError
+from methods.base import MethodError
+from methods.model import param_split, position_embeddings
 
 # Prompt tuning needs a far larger step than fine-tuning (Lester et al. used 0.3 with Adafactor;
 # with AdamW 1e-2..1e-1 is usual). Checked on a rotten_tomatoes subsample (train_size=2000
@@ -43,11 +43,11 @@ class Config:
     def validate(self) -> None:
         """Reject option values that can never work."""
         if self.prompt_length <= 0:
-            raise UserError(f"soft_prompt.prompt_length={self.prompt_length} must be >= 1")
+            raise MethodError(f"soft_prompt.prompt_length={self.prompt_length} must be >= 1")
         if self.init not in INITS:
-            raise UserError(f"soft_prompt.init={self.init!r} is not one of: {', '.join(INITS)}")
+            raise MethodError(f"soft_prompt.init={self.init!r} is not one of: {', '.join(INITS)}")
         if self.init == "text" and not self.init_text.strip():
-            raise UserError("soft_prompt.init=text needs soft_prompt.init_text='some words'")
+            raise MethodError("soft_prompt.init=text needs soft_prompt.init_text='some words'")
 
 
 class SoftPrompt(nn.Module):
@@ -78,11 +78,11 @@ def initial_prompt(model: nn.Module, cfg: Config) -> torch.Tensor:
         return table[ids[pick]].clone()
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise UserError("soft_prompt.init=text needs the model's tokenizer (model.tokenizer, set "
-                        "by experiments.backbones.load_backbone)")
+        raise MethodError("soft_prompt.init=text needs the model's tokenizer (model.tokenizer, set "
+                        "by the harness's backbone loader)")
     ids = tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise UserError(f"soft_prompt.init_text={cfg.init_text!r} tokenizes to nothing")
+        raise MethodError(f"soft_prompt.init_text={cfg.init_text!r} tokenizes to nothing")
     ids = (ids * math.ceil(length / len(ids)))[:length]
     return table[torch.tensor(ids)].clone()
 
@@ -114,10 +114,10 @@ def apply(model: nn.Module, cfg: Config) -> dict:
     """Add the prompt and its hook, freeze the backbone, train the prompt and the head."""
     cfg.validate()
     if hasattr(model, "soft_prompt"):
-        raise UserError("the model already has a soft prompt; apply soft_prompt once")
-    positions = _position_embeddings(model)
+        raise MethodError("the model already has a soft prompt; apply soft_prompt once")
+    positions = position_embeddings(model)
     if positions is not None and cfg.prompt_length >= positions.num_embeddings:
-        raise UserError(f"soft_prompt.prompt_length={cfg.prompt_length} leaves no room in "
+        raise MethodError(f"soft_prompt.prompt_length={cfg.prompt_length} leaves no room in "
                         f"{positions.num_embeddings} positions; use a shorter prompt")
     init = initial_prompt(model, cfg)
     for p in model.parameters():

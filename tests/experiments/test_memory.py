@@ -55,7 +55,7 @@ def first_step(model: torch.nn.Module, precision: str = "fp32",
 
 def with_method(tiny: Any, name: str, arch: str = "tiny-bert") -> tuple[torch.nn.Module, int, int]:
     """A tiny model with a method applied: (model, N all parameters, M trainable)."""
-    from experiments.backbones import param_split
+    from methods.model import param_split
 
     if name not in METHODS:
         pytest.skip(f"method {name!r} is not registered yet")
@@ -111,7 +111,7 @@ def test_frozen_backbone_ledger_is_4n_plus_16m(tiny: Any, name: str) -> None:
 
 
 def test_head_ledger_counts_only_the_head_as_trainable(tiny: Any) -> None:
-    from experiments.backbones import param_split
+    from methods.model import param_split
 
     model, n, m = with_method(tiny, "head")
     assert m == param_split(model)["head"] == 32 * 2 + 2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import backbones
+import methods.model as model_mod
 from experiments.config import UserError, resolve
 from experiments.train import NonFiniteLoss, run
 
@@ -58,10 +58,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(runs_dir: Path) -> None
 
 def _fail_at(monkeypatch: pytest.MonkeyPatch, call: int, how: str) -> None:
     """Make the model's training forward misbehave on its `call`-th call."""
-    real = backbones.Classifier.forward
+    real = model_mod.Classifier.forward
     calls = {"n": 0}
 
-    def forward(self: backbones.Classifier, *a: object, **k: object) -> object:
+    def forward(self: model_mod.Classifier, *a: object, **k: object) -> object:
         out = real(self, *a, **k)
         if self.training and out.loss is not None:
             calls["n"] += 1
@@ -74,7 +74,7 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, call: int, how: str) -> None:
                     raise RuntimeError("simulated crash")
         return out
 
-    monkeypatch.setattr(backbones.Classifier, "forward", forward)
+    monkeypatch.setattr(model_mod.Classifier, "forward", forward)
 
 
 def _only_record() -> tuple[Path, dict]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.backbones import param_split
-from experiments.config import UserError
 from methods import embedding
+from methods.base import MethodError
+from methods.model import param_split
 
 
 @pytest.mark.parametrize("arch", ["tiny-bert", "tiny-gpt2"])
@@ -22,7 +22,7 @@ def test_train_positions_adds_the_position_table(tiny, arch: str) -> None:
 
 
 def test_rotary_model_has_no_positions_to_train(tiny) -> None:
-    """LLaMA's positions are rotary: asking to train them is a one-line UserError."""
+    """LLaMA's positions are rotary: asking to train them is a one-line MethodError."""
     model, _, _ = tiny("tiny-llama")
-    with pytest.raises(UserError, match="no learned position embeddings"):
+    with pytest.raises(MethodError, match="no learned position embeddings"):
         embedding.apply(model, embedding.Config(train_positions=True))

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from experiments.backbones import TINY_ARCHS, param_split
+from experiments.backbones import TINY_ARCHS
 from experiments.config import UserError, resolve
 from methods import METHODS, lora
+from methods.base import MethodError
+from methods.model import param_split
 
 
 def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -69,9 +71,9 @@ def test_targets_by_name_and_regex(tiny, arch: str, targets: str, layers: int) -
     ({"init": "xavier"}, "lora.init"),
 ])
 def test_bad_options_are_one_line_user_errors(tiny, options: dict, message: str) -> None:
-    """Unusable options raise UserError before the model is touched."""
+    """Unusable options raise the method's own MethodError before the model is touched."""
     model, _, _ = tiny("tiny-bert")
-    with pytest.raises(UserError, match=re.escape(message)) as err:
+    with pytest.raises(MethodError, match=re.escape(message)) as err:
         lora.apply(model, lora.Config(**options))
     assert "\n" not in str(err.value)
     assert not lora.lora_layers(model)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.backbones import TINY_ARCHS, param_split
+from experiments.backbones import TINY_ARCHS
 from methods import METHODS
+from methods.model import param_split
 
 RANK, PROMPT = 4, 5
 OPTIONS = {"head": {}, "embedding": {}, "soft_prompt": {"prompt_length": PROMPT},

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import experiments.backbones as backbones
+import methods.model as model_mod
 from experiments.backbones import TINY_ARCHS
 from experiments.config import UserError, resolve
 from methods import soft_prompt
+from methods.base import MethodError
 
 LENGTH = 5
 
@@ -23,7 +24,7 @@ def test_prompt_mask_and_token_types_are_extended(tiny, make_batch, monkeypatch,
     soft_prompt.apply(model, soft_prompt.Config(prompt_length=LENGTH))
     batch = make_batch(tok)
     seen: dict = {}
-    pool = backbones.pool
+    pool = model_mod.pool
 
     def spy_pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
         seen["hidden"], seen["mask"] = hidden.shape, mask
@@ -32,7 +33,7 @@ def test_prompt_mask_and_token_types_are_extended(tiny, make_batch, monkeypatch,
     def spy_backbone(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         seen["backbone"] = kwargs
 
-    monkeypatch.setattr(backbones, "pool", spy_pool)
+    monkeypatch.setattr(model_mod, "pool", spy_pool)
     model.backbone.register_forward_pre_hook(spy_backbone, with_kwargs=True)
     model.eval()
     model(**batch)
@@ -126,6 +127,6 @@ def test_bad_options_are_user_errors(args: list[str], message: str) -> None:
 def test_prompt_longer_than_positions_is_rejected(tiny) -> None:
     """A prompt that fills every learned position cannot work; the model stays untouched."""
     model, _, _ = tiny("tiny-bert")
-    with pytest.raises(UserError, match="positions"):
+    with pytest.raises(MethodError, match="positions"):
         soft_prompt.apply(model, soft_prompt.Config(prompt_length=512))
     assert not hasattr(model, "soft_prompt")
