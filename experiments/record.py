@@ -157,3 +157,10 @@ def method_rank(method: str) -> tuple[int, str]:
     """A sort key that lists methods in METHOD_ORDER, unknown ones after, by name."""
     order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
     return order, method
+
+# Per-example test predictions, `runs/<run_id>/predictions.parquet`: one row per test example.
+PREDICTIONS_FILE = "predictions.parquet"
+PRED_EXAMPLE = "example"  # the example's index in the test split (the same across methods)
+PRED_LABEL = "label"
+PRED_PREDICTED = "predicted"
+PRED_PROB_PREFIX = "prob_"  # prob_0, prob_1, ...: class probabilities
