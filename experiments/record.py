@@ -32,6 +32,7 @@ METHOD_ORDER = ("head", "bitfit", "ia3", "embedding", "soft_prompt", "prefix", "
                 "full")
 
 # Top-level keys.
+SCHEMA_KEY = "schema"
 RUN_ID = "run_id"
 METHOD = "method"
 EXPERIMENT = "experiment"
@@ -131,6 +132,23 @@ WANDB = "wandb"
 # leaves them out, so the seeds of one experiment share a hash, and analysis groups by it.
 NOT_HASHED = ("name", "runs_dir", "wandb", "wandb_project", "progress", "seed",
               "checkpoint_every", "keep_checkpoint", "resume")
+
+# config.* keys readers compare runs by (the harness's Config fields; a method's own options
+# nest under its name, e.g. config.lora.rank).
+C_SEED = "seed"
+C_DATA = "data"
+C_TEXT_COLUMN = "text_column"
+C_LABEL_COLUMN = "label_column"
+C_TRAIN_SIZE = "train_size"
+C_EVAL_SIZE = "eval_size"
+C_MAX_STEPS = "max_steps"
+# The config keys that fix the test split (the test subsample is a fixed shuffle's first
+# eval_size rows): runs that agree on them were tested on the same examples.
+TEST_SPLIT_KEYS = (C_DATA, C_TEXT_COLUMN, C_LABEL_COLUMN, C_EVAL_SIZE)
+
+# val_history entries: {"step": optimizer step, "accuracy": validation accuracy, ...}.
+H_STEP = "step"
+H_ACCURACY = "accuracy"
 
 # Files in a run folder.
 RECORD_FILE = "record.json"
