@@ -37,7 +37,7 @@ setup: $(STAMP) ## create .venv and install everything (done on first use by eve
 # refuses more processes than cores (CPU) or devices (CUDA) with one line and exit code 2.
 RUN := $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC),$(BIN)/python)
 experiment: $(STAMP) ## train one run: METHOD= DATA= MODEL= ARGS="key=value ..." NPROC=1
-	@$(BIN)/python -m experiments.distributed $(NPROC) \
+	@$(BIN)/python -m experiments.launch $(NPROC) \
 		$(patsubst device=%,%,$(filter device=%,$(ARGS))) || exit 2
 	$(RUN) -m experiments.train method=$(METHOD) \
 		$(if $(DATA),data=$(DATA)) $(if $(MODEL),model=$(MODEL)) $(ARGS)
@@ -71,11 +71,20 @@ SUITE ?= smoke
 DRY ?=
 .PHONY: suite sweep
 suite: $(STAMP) ## run a suite resumably, then plots + summary: SUITE=smoke|quick|paper (DRY=1 lists)
-	$(BIN)/python -m experiments.suite $(SUITE) $(if $(DRY),--dry)
+	$(BIN)/python -m experiments.suite $(SUITE) $(if $(DRY),--dry) $(ARGS)
 
 sweep: $(STAMP) ## learning-rate grid for METHOD=, chosen on validation; writes a preset proposal
-	$(BIN)/python -m experiments.suite --sweep $(METHOD)
+	$(BIN)/python -m experiments.suite --sweep $(METHOD) $(ARGS)
 
 .PHONY: bench
 bench: $(STAMP) ## benchmarks: step cost per method, our LoRA vs PEFT, inference, scaling -> BENCHMARKS.md (ARGS="--smoke" for a quick check)
 	$(BIN)/python -m bench $(ARGS)
+
+.PHONY: gpu-bundle gpu-check
+gpu-bundle: $(STAMP) ## .gpu/ for a lent GPU: fp16 MiniLM, the data file, wheels, run.sh (ARGS="--no-wheels")
+	$(BIN)/python -m gpu.bundle $(ARGS)
+	@du -sh .gpu
+
+gpu-check: $(STAMP) ## the GPU check's dry run here: DEVICE=cpu bash .gpu/run.sh in a copy of what travels
+	@test -f .gpu/manifest.json || { echo "error: no .gpu/; run make gpu-bundle first"; exit 2; }
+	$(BIN)/python -m gpu.bundle --dry-run $(ARGS)

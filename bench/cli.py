@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ from typing import Any
 import torch
 
 from bench.workloads import Settings
-from experiments.config import UserError
+from experiments.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, split
+from experiments.config import UserError, coerce, parse_overrides
 
 SECTIONS = ("methods", "peft", "inference", "scaling")
 USAGE = ("usage: python -m bench [--smoke] [--only " + ",".join(SECTIONS) +
          "] [--out DIR] [--device auto|cpu|cuda] [--rounds N] [--no-progress] "
-         "[--from-json FILE]")
+         "[--from-json FILE] [model=... batch_size=N seq_len=N seed=N]")
 
 
 def smoke_settings(device: torch.device, precision: str) -> Settings:
@@ -51,22 +53,24 @@ class Plan:
     from_json: Path | None
 
 
+# Flags of `python -m bench`, and whether each takes a value (the harness's convention).
+FLAGS = {"smoke": False, "no-progress": False, "only": True, "out": True, "device": True,
+         "rounds": True, "from-json": True, "help": False}
+# key=value overrides: the workload's shape (`make bench ARGS="batch_size=16 seq_len=128"`).
+OVERRIDABLE = ("model", "batch_size", "seq_len", "seed")
+
+
 def parse(argv: list[str]) -> Plan:
     """The plan the arguments ask for; UserError if they are bad."""
     from experiments.runtime import pick_device
 
-    opts: dict[str, str | bool] = {}
-    args = list(argv)
-    while args:
-        a = args.pop(0)
-        if a in ("--smoke", "--no-progress"):
-            opts[a] = True
-        elif a in ("--only", "--out", "--device", "--rounds", "--from-json"):
-            if not args:
-                raise UserError(f"{a} needs a value; {USAGE}")
-            opts[a] = args.pop(0)
-        else:
-            raise UserError(f"unknown argument {a!r}; {USAGE}")
+    args = split(argv, FLAGS)
+    opts = {f"--{k}": v for k, v in args.flags.items()}
+    overrides = parse_overrides(args.overrides)
+    bad = [k for k in overrides if k not in OVERRIDABLE]
+    if bad:
+        raise UserError(f"unknown bench key {bad[0]!r}; key=value overrides: "
+                        f"{', '.join(OVERRIDABLE)}")
     device = pick_device(str(opts.get("--device", "auto")))
     precision = "bf16-mixed" if device.type == "cuda" else "fp32"
     smoke = bool(opts.get("--smoke"))
@@ -78,6 +82,9 @@ def parse(argv: list[str]) -> Plan:
         s.rounds = s.pairs = int(rounds)
     if opts.get("--no-progress"):
         s.progress = False
+    hints = typing.get_type_hints(Settings)
+    for key, raw in overrides.items():
+        setattr(s, key, coerce(key, raw, hints[key]))
     sections = list(SECTIONS)
     if "--only" in opts:
         sections = [x.strip() for x in str(opts["--only"]).split(",") if x.strip()]
@@ -102,7 +109,7 @@ def machine(device: torch.device) -> dict[str, Any]:
     """Where the numbers come from: a run record's provenance plus the hardware and peft."""
     import psutil
 
-    from experiments.tracking import cpu_model, environment
+    from experiments.provenance import cpu_model, environment
 
     try:
         import peft
@@ -145,13 +152,13 @@ def run_sections(s: Settings, sections: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run, then write bench.json, figures and BENCHMARKS.md; 2 with one line on bad input."""
     from bench import report
-    from experiments.tracking import atomic_write_json
+    from experiments.io import atomic_write_json
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         print(USAGE)
-        return 0
+        return EXIT_OK
     t0 = time.perf_counter()
     try:
         plan = parse(argv)
@@ -167,17 +174,17 @@ def main(argv: list[str] | None = None) -> int:
                 "sections": run_sections(s, plan.sections)}
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("cancelled: nothing written (the previous results are as they were)",
               file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
     except Exception as exc:  # one line, not a traceback; BENCH_DEBUG=1 shows it
         if os.environ.get("BENCH_DEBUG"):
             raise
         print(f"error: the benchmark failed ({type(exc).__name__}: {exc}); nothing written; "
               "BENCH_DEBUG=1 shows the traceback", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     json_path = plan.reports / "bench.json"
     if plan.from_json is None:
         results["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -188,4 +195,4 @@ def main(argv: list[str] | None = None) -> int:
     report.write_markdown(results, plan.markdown, figures, json_path)
     print(report.verdicts(results))
     print(f"written: {plan.markdown}, {json_path}" + "".join(f", {f}" for f in figures))
-    return 0
+    return EXIT_OK

@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.timing import interleaved, median_ratio
 from bench.workloads import Settings, build
+from experiments import record as R
 
 BASELINE = "full"
 
@@ -40,7 +41,7 @@ def run(s: Settings) -> dict[str, Any]:
     for w in workloads:
         row = w.summary(times[w.label])
         row["step_vs_full"] = median_ratio(times[w.label], times[BASELINE])
-        row["ledger_vs_full"] = row["ledger_bytes"] / base.memory["ledger_bytes"]
+        row["ledger_vs_full"] = row[R.LEDGER_BYTES] / base.memory[R.LEDGER_BYTES]
         rows.append(row)
     return {"rows": rows, "baseline": BASELINE, "rounds": s.rounds,
             "batch": [s.batch_size, s.seq_len], "times_s": times}

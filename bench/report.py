@@ -9,7 +9,8 @@ from typing import Any
 
 from analysis.style import human_bytes, human_count
 from bench.workloads import Settings
-from experiments.tracking import atomic_write_text
+from experiments import record as R
+from experiments.io import atomic_write_text
 
 
 def settings_dict(s: Settings) -> dict[str, Any]:
@@ -87,14 +88,14 @@ def _methods(sec: dict[str, Any], cuda: bool) -> list[str]:
     rows = []
     for r in sec["rows"]:
         row = [r["label"], r["precision"], human_count(r["params_trainable"]), _ms(r["step"]),
-               _ratio(r["step_vs_full"]), human_bytes(r["ledger_bytes"]),
+               _ratio(r["step_vs_full"]), human_bytes(r[R.LEDGER_BYTES]),
                _ratio(r["ledger_vs_full"]),
-               human_bytes(r["activations_peak_bytes"]), f"{r['tokens_per_s']:,.0f}",
+               human_bytes(r[R.ACTIVATIONS_PEAK_BYTES]), f"{r['tokens_per_s']:,.0f}",
                _gflop(r["flops_per_step"]), _ratio(r["flops_per_step"] / full_flops),
                f"{r['flops_per_s'] / 1e9:,.1f}"]
         if cuda:
             row += [f"{100 * r['mfu']:.1f}%" if r["mfu"] else "—",
-                    human_bytes(r["device_peak_bytes"])]
+                    human_bytes(r[R.DEVICE_PEAK_BYTES])]
         rows.append(row)
     cached = next((r for r in sec["rows"] if r["info"].get("path") == "cached_features"), None)
     out = ["## 1. Cost of a training step, per method", "",
@@ -136,10 +137,10 @@ def _peft(sec: dict[str, Any]) -> list[str]:
          _x(rat["textbook_step"]), "ablation"],
         ["forward, training mode (ms)", _ms(ours["forward"]), _ms(peft["forward"]),
          _x(rat["forward"]), ""],
-        ["ledger", human_bytes(ours["ledger_bytes"]), human_bytes(peft["ledger_bytes"]),
-         _x(rat["ledger_bytes"], 3), f"≤ {t:.2f}: {_ok(sec['ledger_ok'])}"],
-        ["saved activations", human_bytes(ours["activations_peak_bytes"]),
-         human_bytes(peft["activations_peak_bytes"]), _x(rat["activations_bytes"], 3), ""],
+        ["ledger", human_bytes(ours[R.LEDGER_BYTES]), human_bytes(peft[R.LEDGER_BYTES]),
+         _x(rat[R.LEDGER_BYTES], 3), f"≤ {t:.2f}: {_ok(sec['ledger_ok'])}"],
+        ["saved activations", human_bytes(ours[R.ACTIVATIONS_PEAK_BYTES]),
+         human_bytes(peft[R.ACTIVATIONS_PEAK_BYTES]), _x(rat["activations_bytes"], 3), ""],
         ["trainable parameters", f"{ours['params_trainable']:,}",
          f"{peft['params_trainable']:,}", "1.00", ""],
     ]
@@ -191,7 +192,7 @@ def _scaling(sec: dict[str, Any], figures: dict[str, str]) -> list[str]:
     out += _table(["rank", "trainable", "step ms", "× r=1", "ledger", "activations"],
                   [[str(r["rank"]), human_count(r["params_trainable"]), _ms(r["step"]),
                     _x(r["step"]["median_ms"] / rk["rows"][0]["step"]["median_ms"]),
-                    human_bytes(r["ledger_bytes"]), human_bytes(r["activations_peak_bytes"])]
+                    human_bytes(r[R.LEDGER_BYTES]), human_bytes(r[R.ACTIVATIONS_PEAK_BYTES])]
                    for r in rk["rows"]])
     out += ["", "### Sequence length (lora all r=8, and full)", ""]
     if "seq" in figures:
@@ -199,8 +200,8 @@ def _scaling(sec: dict[str, Any], figures: dict[str, str]) -> list[str]:
     out += _table(["tokens", "method", "step ms", "× full", "optimizer state", "activations",
                    "ledger"],
                   [[str(r["seq"]), r["method"], _ms(r["step"]), _x(r.get("step_vs_full")),
-                    human_bytes(r["optimizer_bytes"]),
-                    human_bytes(r["activations_peak_bytes"]), human_bytes(r["ledger_bytes"])]
+                    human_bytes(r[R.OPTIMIZER_BYTES]),
+                    human_bytes(r[R.ACTIVATIONS_PEAK_BYTES]), human_bytes(r[R.LEDGER_BYTES])]
                    for r in sq["rows"]])
     def where(cross: dict[str, Any]) -> str:
         return "; ".join(f"{m}: " + (f"at ≈ {c['seq']:.0f} tokens ({c['where']})" if c["seq"]
@@ -277,9 +278,9 @@ def _rank_figure(sec: dict[str, Any], out_dir: Path) -> list[Path]:
         ax_t.set(xscale="log", xlabel="LoRA rank r", ylabel="training step (ms)",
                  title="Step time (median, IQR)")
         ax_t.set_ylim(bottom=0)
-        ax_m.plot(ranks, [r["ledger_bytes"] for r in rows], marker="o", color=color,
+        ax_m.plot(ranks, [r[R.LEDGER_BYTES] for r in rows], marker="o", color=color,
                   label="ledger (weights + grads + Adam)")
-        ax_m.plot(ranks, [r["activations_peak_bytes"] for r in rows], marker="s",
+        ax_m.plot(ranks, [r[R.ACTIVATIONS_PEAK_BYTES] for r in rows], marker="s",
                   color=color, linestyle="--", label="saved activations")
         ax_m.set(xscale="log", xlabel="LoRA rank r", title="Memory")
         ax_m.set_ylim(bottom=0)
@@ -307,14 +308,14 @@ def _seq_figure(sec: dict[str, Any], out_dir: Path) -> list[Path]:
             color = method_color(method)
             ax_t.plot(seqs, [r["step"]["median_ms"] for r in rows], marker=marker, color=color,
                       label=method, fillstyle="none" if marker == "o" else "full")
-            ax_m.plot(seqs, [r["activations_peak_bytes"] for r in rows], marker=marker,
+            ax_m.plot(seqs, [r[R.ACTIVATIONS_PEAK_BYTES] for r in rows], marker=marker,
                       color=color, label=f"{method}: saved activations",
                       fillstyle="none" if marker == "o" else "full")
-            ax_m.plot(seqs, [r["optimizer_bytes"] for r in rows], color=color, linestyle="--",
+            ax_m.plot(seqs, [r[R.OPTIMIZER_BYTES] for r in rows], color=color, linestyle="--",
                       label=f"{method}: optimizer state")
             cross = sec["activations_overtake_optimizer"][method]
             if cross["seq"]:
-                y = rows[0]["optimizer_bytes"]
+                y = rows[0][R.OPTIMIZER_BYTES]
                 ax_m.plot([cross["seq"]], [y], marker="X", markersize=9, color=color,
                           linestyle="none")
                 ax_m.annotate(f"≈{cross['seq']:.0f}", (cross["seq"], y),
@@ -348,7 +349,7 @@ def verdicts(res: dict[str, Any]) -> str:
         p = secs["peft"]
         lines.append(f"ours/PEFT: step {p['ratios']['step']:.3f} ({_ok(p['step_ok'])}), "
                      f"forward {p['ratios']['forward']:.3f}, ledger "
-                     f"{p['ratios']['ledger_bytes']:.3f} ({_ok(p['ledger_ok'])})")
+                     f"{p['ratios'][R.LEDGER_BYTES]:.3f} ({_ok(p['ledger_ok'])})")
     if "inference" in secs:
         i = secs["inference"]
         lines.append("merged/base latency: " + ", ".join(

@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.timing import interleaved, median_ratio
 from bench.workloads import Settings, build
+from experiments import record as R
 
 
 def ranks(s: Settings) -> dict[str, Any]:
@@ -54,12 +55,12 @@ def sequences(s: Settings) -> dict[str, Any]:
              "step_vs_full": median_ratio(times[w.label], times[f"full seq={seq}"])}
             for seq, w in workloads]
     def cross(key: str) -> dict[str, Any]:
-        return {m: crossing([(r["seq"], r["activations_peak_bytes"], r[key]) for r in rows
+        return {m: crossing([(r["seq"], r[R.ACTIVATIONS_PEAK_BYTES], r[key]) for r in rows
                              if r["method"] == m]) for m in specs}
 
     return {"rows": rows, "rounds": s.scale_rounds, "times_s": times,
-            "activations_overtake_optimizer": cross("optimizer_bytes"),
-            "activations_overtake_ledger": cross("ledger_bytes")}
+            "activations_overtake_optimizer": cross(R.OPTIMIZER_BYTES),
+            "activations_overtake_ledger": cross(R.LEDGER_BYTES)}
 
 
 def run(s: Settings) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from bench.flops import counted_flops, non_embedding_params, peak_flops
 from bench.timing import stats
+from experiments import record as R
 from experiments.config import Config, resolve
 from experiments.memory import FirstStepProbe, predict
 from experiments.runtime import Context, pick_precision, seed_everything
@@ -149,13 +150,13 @@ class Workload:
             "flops_6nt": 6 * non_embedding_params(self.model) * self.tokens,
             "flops_per_s": self.flops * per_s,
             "mfu": self.flops * per_s / peak if peak else None,
-            "ledger_bytes": mem.get("ledger_bytes"), "weights_bytes": mem.get("weights_bytes"),
-            "grads_bytes": mem.get("grads_bytes"), "optimizer_bytes": mem.get("optimizer_bytes"),
-            "activations_peak_bytes": mem.get("activations_peak_bytes"),
+            R.LEDGER_BYTES: mem.get(R.LEDGER_BYTES), R.WEIGHTS_BYTES: mem.get(R.WEIGHTS_BYTES),
+            R.GRADS_BYTES: mem.get(R.GRADS_BYTES), R.OPTIMIZER_BYTES: mem.get(R.OPTIMIZER_BYTES),
+            R.ACTIVATIONS_PEAK_BYTES: mem.get(R.ACTIVATIONS_PEAK_BYTES),
             "predicted_bytes": predicted, "predicted_formula": formula,
-            "ledger_vs_predicted": (mem["ledger_bytes"] / predicted
-                                    if mem.get("ledger_bytes") else None),
-            "device_peak_bytes": self.device_peak_bytes, "info": self.info,
+            R.LEDGER_VS_PREDICTED: (mem[R.LEDGER_BYTES] / predicted
+                                    if mem.get(R.LEDGER_BYTES) else None),
+            R.DEVICE_PEAK_BYTES: self.device_peak_bytes, "info": self.info,
         }
 
 

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.distributed import DistInfo
+from experiments.parallel import unwrap
+
 
 class EpochOrder(torch.utils.data.Sampler[int]):
     """A seeded permutation per epoch, started at any position and sharded across ranks.
@@ -169,3 +172,47 @@ def load_progress_step(run_dir: Path) -> int | None:
         if path.exists() and (path.parent / "state.pt").exists():
             return int(json.loads(path.read_text())["step"])
     return None
+
+
+def full_states(model: nn.Module, optimizer: torch.optim.Optimizer,
+                info: DistInfo) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(trainable weights, optimizer state) as full CPU tensors on rank 0; None elsewhere.
+
+    Under FSDP every rank takes part in the gather; the optimizer state is then keyed by
+    parameter name (torch.distributed.checkpoint's full state dict)."""
+    if info.strategy != "fsdp":
+        if not info.main:
+            return None
+        return trainable_state(unwrap(model)), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    weights = get_model_state_dict(model, options=opts)
+    optim = get_optimizer_state_dict(model, optimizer, options=opts)
+    if not info.main:
+        return None
+    return {k: v for k, v in weights.items() if k in trainable}, optim
+
+
+def restore_wrapped(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, info: DistInfo) -> dict[str, Any]:
+    """`restore` for a wrapped model: FSDP scatters the full tensors into shards."""
+    if info.strategy != "fsdp":
+        return restore(state, unwrap(model), optimizer, scheduler)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, state["model"], options=opts)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state["progress"]

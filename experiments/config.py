@@ -11,13 +11,13 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from experiments import record
 from methods import METHODS
 from methods.base import MethodError
 
@@ -35,6 +35,7 @@ PRECISIONS = ("auto", "fp32", "bf16-mixed", "mixed-12n")
 POOLINGS = ("mean", "cls", "last")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 DIST_STRATEGIES = ("none", "ddp", "fsdp")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")  # see experiments/optim.py
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Config:
     weight_decay: float = _f(0.01, "AdamW weight decay (matrices only; not biases or norms)")
     warmup_ratio: float = _f(0.06, "fraction of steps with linear warm-up, then linear decay")
     max_grad_norm: float = _f(1.0, "clip the gradient norm to this (0 = no clipping)")
+    optimizer_impl: str = _f("auto", "AdamW implementation: auto (fused where torch supports the "
+                             "device and dtype, else foreach), fused, foreach, loop")
     eval_every: int = _f(0, "also evaluate on validation every N steps (0 = each epoch only)")
     log_every: int = _f(10, "log train/loss and train/lr every N steps")
     seed: int = _f(0, "seed for model init, data order and dropout")
@@ -83,16 +86,13 @@ class Config:
 
     def resolved_runs_dir(self) -> str:
         """The folder run records are written to."""
-        return self.runs_dir or os.environ.get("RUNS_DIR") or "runs"
+        return str(record.runs_dir(self.runs_dir))
 
     def experiment_name(self) -> str:
         """The W&B group: the explicit name, else the method."""
         return self.name or self.method
 
 
-# Keys that change where or how a run is reported, not what it computes.
-_NOT_HASHED = {"name", "runs_dir", "wandb", "wandb_project", "progress", "seed",
-               "checkpoint_every", "keep_checkpoint", "resume"}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def config_hash(cfg: Config) -> str:
     """A short hash of what the run computes; seeds of one experiment share it."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED}
+    d = {k: v for k, v in to_dict(cfg).items() if k not in record.NOT_HASHED}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -219,6 +219,7 @@ def validate(cfg: Config) -> None:
     _choice("pooling", cfg.pooling, POOLINGS)
     _choice("wandb", cfg.wandb, WANDB_MODES)
     _choice("dist", cfg.dist, DIST_STRATEGIES)
+    _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
     for key in ("batch_size", "eval_batch_size", "max_length", "log_every"):
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key}={getattr(cfg, key)} must be a positive integer")

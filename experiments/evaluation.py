@@ -1,4 +1,4 @@
-"""Evaluation: accuracy (and macro-F1) over a split, gathered across ranks, and byte formatting."""
+"""Evaluation: accuracy (and macro-F1) over a split, sharded across ranks and gathered."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from experiments import distributed
+from experiments.distributed import DistInfo
+
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Any,
@@ -16,8 +19,6 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Any,
 
     Under several processes each rank sees its shard (`distributed.eval_loader`); predictions
     are gathered so every example counts exactly once."""
-    from experiments import distributed
-
     was_training = model.training
     model.eval()
     preds, labels = [], []
@@ -47,3 +48,29 @@ def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) 
             f1s.append(2 * tp / denom if denom else 0.0)
         out["macro_f1"] = float(np.mean(f1s))
     return out
+
+
+def eval_batches(n: int, batch: int, rank: int, world: int) -> tuple[list[list[int]], list[int]]:
+    """This rank's index lists per global eval batch, and how many of each are real rows.
+
+    Every rank gets a batch for every global batch (an empty share runs one padding row) so
+    all ranks make the same number of forward calls: FSDP all-gathers inside each."""
+    batches, real = [], []
+    for start in range(0, n, batch):
+        idx = list(range(start, min(n, start + batch)))
+        size = -(-len(idx) // world)
+        mine = idx[rank * size:(rank + 1) * size]
+        real.append(len(mine))
+        batches.append(mine or idx[:1])
+    return batches, real
+
+
+def eval_loader(dataset: Any, batch: int, collate: Any, info: DistInfo,
+                generator: torch.Generator) -> DataLoader:
+    """A loader over this rank's share of a split; `real_sizes` marks padding rows."""
+    if not info.enabled:
+        return DataLoader(dataset, batch_size=batch, collate_fn=collate, generator=generator)
+    batches, real = eval_batches(len(dataset), batch, info.rank, info.world)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=generator)
+    loader.real_sizes = real
+    return loader

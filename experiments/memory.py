@@ -22,6 +22,8 @@ from typing import Any
 import psutil
 import torch
 
+from experiments import record as R
+
 # Bytes per trainable parameter with Adam: weights + gradient + momentum + second moment.
 BYTES_PER_TRAINABLE = {"fp32": 4 + 4 + 4 + 4, "bf16-mixed": 4 + 4 + 4 + 4,
                        "mixed-12n": 4 + 2 + 2 + 4}
@@ -336,3 +338,18 @@ class DevicePeak:
                 "rss_peak_bytes": int(self.peak), "baseline_bytes": int(self.baseline),
                 "peak_method": f"CPU resident-set growth over the baseline, sampled every "
                                f"{self.interval * 1000:.0f} ms (approximate)"}
+
+
+# Each rank's own share under several processes (FSDP shards weights, gradients and state).
+PER_RANK_KEYS = (R.WEIGHTS_BYTES, R.GRADS_BYTES, R.OPTIMIZER_BYTES, R.LEDGER_BYTES,
+                 R.ACTIVATIONS_PEAK_BYTES, R.MEASURED_PEAK_BYTES, R.MEASURED_STATE_PEAK_BYTES)
+
+
+def per_rank(memory: dict[str, Any], info: Any) -> dict[str, Any]:
+    """Adds `per_rank`: each rank's own memory figures (its local shards) to rank 0's section."""
+    if info.enabled:
+        from experiments.distributed import gather_objects
+
+        mine = {"rank": info.rank, **{k: memory.get(k) for k in PER_RANK_KEYS}}
+        memory[R.PER_RANK] = gather_objects(mine, info)
+    return memory

@@ -13,7 +13,6 @@ the suite, or the next run's memory measurement, with it.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -26,8 +25,10 @@ from typing import Any
 
 import yaml
 
-from experiments.config import UserError, config_hash, resolve
-from experiments.tracking import atomic_write_json
+from experiments import record as R
+from experiments.cli import EXIT_FAILED, EXIT_OK, run_main, split
+from experiments.config import UserError, config_hash, parse_overrides, resolve
+from experiments.io import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 SUITES_DIR = HERE / "suites"
@@ -95,13 +96,13 @@ def load_suite(name: str) -> list[Job]:
 def finished_runs(runs_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
     """(config_hash, seed) -> the newest finished record under runs_dir."""
     out: dict[tuple[str, int], dict[str, Any]] = {}
-    for path in sorted(runs_dir.glob("*/record.json")):
+    for path in sorted(runs_dir.glob(f"*/{R.RECORD_FILE}")):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # a corrupt record is analysis's to report; here it only means "not done"
-        if rec.get("status") == "finished" and "config_hash" in rec:
-            out[(rec["config_hash"], rec.get("config", {}).get("seed"))] = rec
+        if rec.get(R.STATUS) == R.FINISHED and R.CONFIG_HASH in rec:
+            out[(rec[R.CONFIG_HASH], rec.get(R.CONFIG, {}).get("seed"))] = rec
     return out
 
 
@@ -122,7 +123,7 @@ def plan(jobs: list[Job], runs_dir: Path) -> list[Job]:
 
 def run_job(job: Job, runs_dir: Path) -> None:
     """Run one job in its own process; its outcome lands in job.status / job.detail."""
-    env = {**os.environ, "RUNS_DIR": str(runs_dir)}
+    env = {**os.environ, "RUNS_DIR": str(runs_dir)}  # the child resolves it like any run
     cmd = [sys.executable, "-m", "experiments.train", *job.args()]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -154,7 +155,7 @@ def run_suite(jobs: list[Job], runs_dir: Path, suite: str, dry: bool = False) ->
         with open(log, "a") as f:
             f.write(json.dumps({"time": time.time(), "name": job.name, "seed": job.seed,
                                 "hash": job.hash, "status": job.status,
-                                "run_id": job.detail.get("run_id"),
+                                "run_id": job.detail.get(R.RUN_ID),
                                 "returncode": job.detail.get("returncode")}) + "\n")
         if job.status == "failed":
             print(f"  failed (exit {job.detail.get('returncode')}); the suite goes on; "
@@ -166,27 +167,29 @@ def table(jobs: list[Job]) -> str:
     """A plain-text table of each job's outcome."""
     rows = [f"{'experiment':<28} {'seed':>4} {'status':<9} {'test acc':>8} {'train s':>8}"]
     for j in jobs:
-        m = j.detail.get("metrics", {})
-        acc = m.get("test/accuracy")
-        t = j.detail.get("time", {}).get("train_s")
+        m = j.detail.get(R.METRICS, {})
+        acc = m.get(R.TEST_ACCURACY)
+        t = j.detail.get(R.TIME, {}).get(R.TRAIN_S)
         rows.append(f"{j.name:<28} {j.seed:>4} {j.status:<9} "
                     f"{'' if acc is None else f'{acc:.4f}':>8} {'' if t is None else t:>8}")
     return "\n".join(rows)
 
 
-def regenerate_reports(runs_dir: Path) -> None:
-    """Plots and reports/summary.md from every record (analysis may be absent or fail)."""
-    try:
-        from analysis import plots
-    except ImportError:
-        return
-    try:
-        plots.main([str(runs_dir)])
-    except SystemExit:
-        pass
-    except Exception as exc:  # the runs are safe on disk; reports can be regenerated later
-        print(f"warning: regenerating reports failed ({type(exc).__name__}: {exc}); "
-              "run `make plots` again", file=sys.stderr)
+def regenerate_reports(runs_dir: Path) -> bool:
+    """Plots, summary and dashboard from every record, through the analysis commands.
+
+    They run as their own processes, as a user would run them: a broken analysis is reported
+    (one line, the suite exits 1) rather than hidden, and the runs on disk are never at risk."""
+    ok = True
+    for module in ("analysis.plots", "analysis.dashboard"):
+        proc = subprocess.run([sys.executable, "-m", module, str(runs_dir)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            print(f"error: `python -m {module}` failed ({last}); the runs are saved, run "
+                  f"`make plots` again once it is fixed", file=sys.stderr)
+            ok = False
+    return ok
 
 
 def load_sweep(method: str) -> tuple[list[Job], dict[str, Any]]:
@@ -200,15 +203,16 @@ def load_sweep(method: str) -> tuple[list[Job], dict[str, Any]]:
         point = dict(zip(grid, values, strict=True))
         tag = ",".join(f"{k}={v}" for k, v in point.items())
         jobs.append(Job(f"sweep-{method}:{tag}", {**fixed, **point}, 0))
-    return jobs, {"metric": spec.get("metric", {}).get("name", "val/accuracy"), "grid": grid}
+    metric = spec.get("metric", {}).get("name", f"{R.VAL_ACCURACY}")
+    return jobs, {"metric": metric, "grid": grid}
 
 
 def choose(jobs: list[Job], metric: str, grid: dict[str, Any]) -> dict[str, Any]:
     """The grid point with the best validation metric (never test)."""
     if not metric.startswith("val/"):
         raise UserError(f"sweeps choose by validation only; metric {metric!r} is not val/*")
-    scored = [(j.detail["metrics"][metric], j) for j in jobs
-              if j.status in ("done", "finished") and metric in j.detail.get("metrics", {})]
+    scored = [(j.detail[R.METRICS][metric], j) for j in jobs
+              if j.status in ("done", "finished") and metric in j.detail.get(R.METRICS, {})]
     if not scored:
         raise UserError("no sweep run finished; nothing to choose from")
     best_score, best = max(scored, key=lambda t: t[0])
@@ -217,39 +221,54 @@ def choose(jobs: list[Job], metric: str, grid: dict[str, Any]) -> dict[str, Any]
             "candidates": [{**{k: j.overrides[k] for k in grid}, metric: s} for s, j in scored]}
 
 
+FLAGS = {"sweep": True, "dry": False, "no-reports": False, "help": False}
+USAGE = ("usage: python -m experiments.suite [SUITE] [--dry] [--no-reports] [key=value ...]\n"
+         "       python -m experiments.suite --sweep METHOD [--dry] [key=value ...]\n"
+         "SUITE: a name in experiments/suites/ (smoke, quick, paper) or a YAML path; key=value "
+         "overrides apply to every run (e.g. device=cpu)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: a suite name, or --sweep METHOD."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("suite", nargs="?", default="smoke", help="suite name or YAML path")
-    ap.add_argument("--sweep", metavar="METHOD", help="run the local grid of a method's sweep")
-    ap.add_argument("--dry", action="store_true", help="list what would run")
-    ap.add_argument("--no-reports", action="store_true", help="skip plots and summary")
-    args = ap.parse_args(argv)
-    runs_dir = Path(os.environ.get("RUNS_DIR", "runs"))
-    try:
-        if args.sweep:
-            jobs, spec = load_sweep(args.sweep)
-            jobs = run_suite(jobs, runs_dir, f"sweep-{args.sweep}", dry=args.dry)
-            if args.dry:
-                return 0
-            print(table(jobs))
-            choice = choose(jobs, spec["metric"], spec["grid"])
-            out = Path(os.environ.get("REPORTS_DIR", "reports")) / f"preset-{args.sweep}.json"
-            atomic_write_json(out, {"method": args.sweep, **choice})
-            print(f"proposed PRESET for {args.sweep}: {choice['preset']} "
-                  f"({choice['metric']}={choice['value']:.4f}); written to {out}")
-            return 0
-        jobs = run_suite(load_suite(args.suite), runs_dir, args.suite, dry=args.dry)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry:
-        return 0
-    if not args.no_reports:
-        regenerate_reports(runs_dir)
+    """Command line: a suite name (or --sweep METHOD), flags, and key=value overrides."""
+    return run_main(lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    args = split(argv, FLAGS, max_positionals=1)
+    if args.flag("help"):
+        print(__doc__ + "\n" + USAGE)
+        return EXIT_OK
+    extra = parse_overrides(args.overrides)
+    runs_dir = R.runs_dir()
+    dry = bool(args.flag("dry"))
+    sweep = args.flag("sweep")
+    if sweep:
+        jobs, spec = load_sweep(str(sweep))
+        jobs = run_suite(with_overrides(jobs, extra), runs_dir, f"sweep-{sweep}", dry=dry)
+        if dry:
+            return EXIT_OK
+        print(table(jobs))
+        choice = choose(jobs, spec["metric"], spec["grid"])
+        out = R.reports_dir() / f"preset-{sweep}.json"
+        atomic_write_json(out, {"method": sweep, **choice})
+        print(f"proposed PRESET for {sweep}: {choice['preset']} "
+              f"({choice['metric']}={choice['value']:.4f}); written to {out}")
+        return EXIT_OK
+    suite = args.positionals[0] if args.positionals else "smoke"
+    jobs = run_suite(with_overrides(load_suite(suite), extra), runs_dir, suite, dry=dry)
+    if dry:
+        return EXIT_OK
+    reports_ok = args.flag("no-reports") or regenerate_reports(runs_dir)
     print(table(jobs))
     failed = sum(j.status == "failed" for j in jobs)
-    return 1 if failed else 0
+    return EXIT_FAILED if failed or not reports_ok else EXIT_OK
+
+
+def with_overrides(jobs: list[Job], extra: dict[str, str]) -> list[Job]:
+    """The command line's key=value overrides applied to every job (they win)."""
+    for job in jobs:
+        job.overrides.update(extra)
+    return jobs
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from experiments import distributed
+from experiments import checkpoint, distributed, parallel
+from experiments import record as R
+from experiments.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 from experiments.config import (
     Config,
     UserError,
@@ -37,14 +39,12 @@ from experiments.config import (
     resolve,
     to_dict,
 )
-from experiments.evaluation import evaluate
-from experiments.memory import FirstStepProbe, memory_record, memory_summary
+from experiments.evaluation import eval_loader, evaluate
+from experiments.memory import FirstStepProbe, memory_record, memory_summary, per_rank
 from experiments.runtime import Context, pick_device, pick_precision, seed_everything, tokenize
 from experiments.units import human_bytes
 from methods import METHODS
 from methods.model import param_split
-
-EXIT_USER_ERROR = 2
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config,
@@ -95,6 +95,11 @@ def apply_update(optimizer: torch.optim.Optimizer, trainable: list[torch.Tensor]
     optimizer.zero_grad(set_to_none=True)
 
 
+def _now() -> str:
+    """UTC time as the record writes it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the run stops before the optimizer applies it."""
 
@@ -102,26 +107,20 @@ class NonFiniteLoss(RuntimeError):
 def run(cfg: Config) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the record (also written to disk)."""
     from experiments.backbones import load_backbone
-    from experiments.checkpoint import find_resumable
     from experiments.data import load_data
-    from experiments.tracking import (
-        NullTracker,
-        Tracker,
-        atomic_write_json,
-        environment,
-        new_run_id,
-        wandb_mode,
-    )
+    from experiments.io import atomic_write_json
+    from experiments.provenance import environment, new_run_id
+    from experiments.tracking import NullTracker, Tracker, wandb_mode
     t0 = time.perf_counter()
     cfg.dist = distributed.strategy(cfg.dist)  # before hashing: under torchrun none means ddp
-    runs_dir = Path(cfg.resolved_runs_dir())
+    runs_dir = R.runs_dir(cfg.runs_dir)
     previous: dict[str, Any] | None = None
     if cfg.resume:
-        run_dir = find_resumable(runs_dir, cfg.resume, config_hash(cfg))
-        previous = json.loads((run_dir / "record.json").read_text())
+        run_dir = checkpoint.find_resumable(runs_dir, cfg.resume, config_hash(cfg))
+        previous = json.loads((run_dir / R.RECORD_FILE).read_text())
         # The saved config is the run's; only how it reports may change on resume.
         keep = {k: getattr(cfg, k) for k in ("progress", "wandb", "runs_dir")}
-        cfg = resolve({**flatten(previous["config"]), **keep, "resume": run_dir.name})
+        cfg = resolve({**flatten(previous[R.CONFIG]), **keep, "resume": run_dir.name})
     device = pick_device(cfg.device)
     info = distributed.setup(cfg.dist, device, cfg.batch_size)
     device = distributed.local_device(device, info)
@@ -142,55 +141,53 @@ def run(cfg: Config) -> dict[str, Any]:
     params = param_split(model)
 
     if previous is not None:
-        run_id, record = previous["run_id"], previous
-        record.setdefault("resumed", []).append(
-            {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        record.update(status="running", error=None)
+        run_id, record = previous[R.RUN_ID], previous
+        record.setdefault(R.RESUMED, []).append({"at": _now()})
+        record.update({R.STATUS: R.RUNNING, R.ERROR: None})
     else:
         run_id = distributed.broadcast(new_run_id(cfg.method), info)  # rank 0's id for all
         run_dir = runs_dir / run_id
         if info.main:
             run_dir.mkdir(parents=True, exist_ok=False)  # a clash of ids fails here, never merges
-        record = {"schema": 1, "run_id": run_id, "method": cfg.method,
-                  "experiment": cfg.experiment_name(), "config_hash": config_hash(cfg),
-                  "status": "running",
-                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "config": to_dict(cfg), "method_info": method_info, "model": model_info,
-                  "data": bundle.info, "precision": ctx.precision, "params": params,
-                  "metrics": {}, "memory": {}, "time": {}, "env": environment(device)}
-    record["record_path"] = str(run_dir / "record.json")
-    record["dist"] = info.record()
+        record = {"schema": R.SCHEMA, R.RUN_ID: run_id, R.METHOD: cfg.method,
+                  R.EXPERIMENT: cfg.experiment_name(), R.CONFIG_HASH: config_hash(cfg),
+                  R.STATUS: R.RUNNING, R.STARTED_AT: _now(), R.CONFIG: to_dict(cfg),
+                  R.METHOD_INFO: method_info, R.MODEL: model_info, R.DATA: bundle.info,
+                  R.PRECISION: ctx.precision, R.PARAMS: params, R.METRICS: {}, R.MEMORY: {},
+                  R.TIME: {}, R.ENV: environment(device)}
+    record[R.RECORD_PATH] = str(run_dir / R.RECORD_FILE)
+    record[R.DIST] = info.record()
     tracker: Any = NullTracker()  # only rank 0 writes the folder, the record and W&B
     if info.main:
         # A run killed outright (SIGKILL, power) still leaves a record saying it never finished.
-        atomic_write_json(run_dir / "record.json", record)
-        tracker = Tracker(run_dir, run_id, {**record["config"],
-                                            "config_hash": record["config_hash"]},
+        atomic_write_json(run_dir / R.RECORD_FILE, record)
+        tracker = Tracker(run_dir, run_id, {**record[R.CONFIG],
+                                            R.CONFIG_HASH: record[R.CONFIG_HASH]},
                           cfg.experiment_name(), wandb_mode(cfg.wandb), cfg.wandb_project,
                           resume=previous is not None)
     loop = Loop(cfg, ctx, model, method, bundle.num_labels, tracker, record, run_dir)
     summary: dict[str, Any] = {}
     try:
         summary = loop.run(splits, collate)
-        record["status"] = "finished"
+        record[R.STATUS] = R.FINISHED
     except KeyboardInterrupt:
-        record["status"] = "cancelled"
+        record[R.STATUS] = R.CANCELLED
         loop.save_checkpoint()
         raise
     except Exception as exc:
-        record["status"] = "failed"
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        record["failed_at_step"] = loop.step
+        record[R.STATUS] = R.FAILED
+        record[R.ERROR] = f"{type(exc).__name__}: {exc}"
+        record[R.FAILED_AT_STEP] = loop.step
         if info.main:
-            (run_dir / "error.txt").write_text(traceback.format_exc())
+            (run_dir / R.ERROR_FILE).write_text(traceback.format_exc())
         raise
     finally:
-        record["last_checkpoint"] = loop.last_checkpoint
-        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record["time"]["total_s"] = round(time.perf_counter() - t0, 3)
-        summary.update({"params/trainable": params["trainable"], "params/total": params["total"]})
+        record[R.LAST_CHECKPOINT] = loop.last_checkpoint
+        record[R.FINISHED_AT] = _now()
+        record[R.TIME][R.TOTAL_S] = round(time.perf_counter() - t0, 3)
+        summary.update({f"{R.PARAMS}/{k}": params[k] for k in (R.P_TRAINABLE, R.P_TOTAL)})
         tracker.finish(record, summary)
-    if record["status"] == "finished" and not cfg.keep_checkpoint and info.main:
+    if record[R.STATUS] == R.FINISHED and not cfg.keep_checkpoint and info.main:
         import shutil
 
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
@@ -222,11 +219,9 @@ class Loop:
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint (after the optimizer exists, and only at a step boundary)."""
-        from experiments import checkpoint
-
         if self.optimizer is None or self.step == 0:
             return
-        states = distributed.full_states(self.model, self.optimizer, self.ctx.dist)
+        states = checkpoint.full_states(self.model, self.optimizer, self.ctx.dist)
         if states is None:  # not rank 0: it took part in the gather, rank 0 writes
             return
         path = checkpoint.save(self.run_dir, None, None, self.scheduler, self.progress(), states)
@@ -235,7 +230,7 @@ class Loop:
     def validate(self, loader: DataLoader) -> None:
         """Evaluate on validation and log it."""
         t = time.perf_counter()
-        val = evaluate(distributed.eval_model(self.model, self.ctx.dist), loader, self.ctx,
+        val = evaluate(parallel.eval_model(self.model, self.ctx.dist), loader, self.ctx,
                        self.num_labels)
         self.eval_s += time.perf_counter() - t
         self.val_history.append({"step": self.step, **val})
@@ -251,16 +246,14 @@ class Loop:
 
     def _run(self, splits: dict[str, Any], collate: Any, peak: Any) -> dict[str, Any]:
         """`run` inside the device-peak measurement."""
-        from experiments import checkpoint
-
         cfg, ctx, model, record = self.cfg, self.ctx, self.model, self.record
         t_prep = time.perf_counter()
         hook = getattr(self.method, "prepare_data", None)
         if hook is not None:
             splits, collate, hook_info = hook(model, splits, collate, cfg, ctx)
-            record["method_info"].update(hook_info)
+            record[R.METHOD_INFO].update(hook_info)
         self.prepare_s = time.perf_counter() - t_prep
-        model = self.model = distributed.wrap(model, ctx.dist)  # after the hook: it runs plain
+        model = self.model = parallel.wrap(model, ctx.dist)  # after the hook: it runs plain
 
         world = ctx.dist.world  # each rank takes its slice of every global batch
         order = checkpoint.EpochOrder(len(splits["train"]), cfg.batch_size, cfg.seed,
@@ -270,8 +263,8 @@ class Loop:
         loader_rng = torch.Generator().manual_seed(cfg.seed)
         train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size // world,
                                   sampler=order, collate_fn=collate, generator=loader_rng)
-        eval_loaders = {k: distributed.eval_loader(splits[k], cfg.eval_batch_size, collate,
-                                                   ctx.dist, loader_rng)
+        eval_loaders = {k: eval_loader(splits[k], cfg.eval_batch_size, collate, ctx.dist,
+                                       loader_rng)
                         for k in ("validation", "test")}
         steps_per_epoch = len(order.batches())
         total = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -283,7 +276,8 @@ class Loop:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if cfg.resume:
             state = checkpoint.load(self.run_dir)
-            saved = distributed.restore(state, model, self.optimizer, self.scheduler, ctx.dist)
+            saved = checkpoint.restore_wrapped(state, model, self.optimizer, self.scheduler,
+                                               ctx.dist)
             self.tracker.truncate_to(saved.pop("metrics_offset"))  # logged after the checkpoint
             for key, value in saved.items():
                 setattr(self, key, value)
@@ -343,37 +337,38 @@ class Loop:
         """Test evaluation, metrics, memory and time into the record; the W&B summary."""
         record, last = self.record, self.val_history[-1]
         t = time.perf_counter()
-        test = evaluate(distributed.eval_model(self.model, self.ctx.dist), test_loader, self.ctx,
+        test = evaluate(parallel.eval_model(self.model, self.ctx.dist), test_loader, self.ctx,
                         self.num_labels)
         self.eval_s += time.perf_counter() - t
-        metrics = {"test/accuracy": test["accuracy"], "val/accuracy": last["accuracy"],
-                   "val/best_accuracy": max(v["accuracy"] for v in self.val_history),
-                   "train/loss_final": self.loss_value, "test/n": test["n"]}
+        metrics = {R.TEST_ACCURACY: test["accuracy"], R.VAL_ACCURACY: last["accuracy"],
+                   R.VAL_BEST_ACCURACY: max(v["accuracy"] for v in self.val_history),
+                   R.TRAIN_LOSS_FINAL: self.loss_value, R.TEST_N: test["n"]}
         if "macro_f1" in test:
-            metrics["test/macro_f1"] = test["macro_f1"]
-            metrics["val/macro_f1"] = last["macro_f1"]
-        record.update(metrics=metrics, val_history=self.val_history, steps=self.step,
-                      epochs=round(self.step / steps_per_epoch, 3))
-        record["memory"] = distributed.per_rank(memory_record(
-            peak, probe, record["params"], self.ctx.precision, distributed.shards(self.ctx.dist)),
+            metrics[R.TEST_MACRO_F1] = test["macro_f1"]
+            metrics[R.VAL_MACRO_F1] = last["macro_f1"]
+        record.update({R.METRICS: metrics, R.VAL_HISTORY: self.val_history, R.STEPS: self.step,
+                       R.EPOCHS: round(self.step / steps_per_epoch, 3)})
+        record[R.MEMORY] = per_rank(memory_record(
+            peak, probe, record[R.PARAMS], self.ctx.precision, distributed.shards(self.ctx.dist)),
             self.ctx.dist)
-        record["time"].update({"train_s": round(self.train_s, 3),
-                               "eval_s": round(self.eval_s, 3),
-                               "prepare_s": round(self.prepare_s, 3),
-                               "train_samples_per_s": round(self.samples / self.train_s, 2)})
-        return {"test/accuracy": test["accuracy"], "val/accuracy": metrics["val/accuracy"],
-                **({"test/macro_f1": test["macro_f1"]} if "macro_f1" in test else {}),
-                **memory_summary(record["memory"]), "time/train_s": record["time"]["train_s"]}
+        record[R.TIME].update({R.TRAIN_S: round(self.train_s, 3), R.EVAL_S: round(self.eval_s, 3),
+                               R.PREPARE_S: round(self.prepare_s, 3),
+                               R.SAMPLES_PER_S: round(self.samples / self.train_s, 2)})
+        summary = {k: metrics[k] for k in (R.TEST_ACCURACY, R.VAL_ACCURACY, R.TEST_MACRO_F1)
+                   if k in metrics}
+        return {**summary, **memory_summary(record[R.MEMORY]),
+                f"{R.TIME}/{R.TRAIN_S}": record[R.TIME][R.TRAIN_S]}
 
 
 def summary_line(record: dict[str, Any]) -> str:
     """The one line a user reads at the end of a run."""
-    p, m = record["params"], record["metrics"]
-    pct = 100 * p["trainable"] / max(1, p["total"])
-    return (f"{record['method']}: test/accuracy={m['test/accuracy']:.4f} "
-            f"trainable={p['trainable']:,}/{p['total']:,} ({pct:.2f}%) "
-            f"peak_mem={human_bytes(record['memory']['peak_bytes'])} "
-            f"wall={record['time']['total_s']:.1f}s record={record['record_path']}")
+    p, m, mem = record[R.PARAMS], record[R.METRICS], record[R.MEMORY]
+    pct = 100 * p[R.P_TRAINABLE] / max(1, p[R.P_TOTAL])
+    peak = mem.get(R.MEASURED_PEAK_BYTES, mem.get(R.PEAK_BYTES))
+    return (f"{record[R.METHOD]}: test/accuracy={m[R.TEST_ACCURACY]:.4f} "
+            f"trainable={p[R.P_TRAINABLE]:,}/{p[R.P_TOTAL]:,} ({pct:.2f}%) "
+            f"peak_mem={human_bytes(peak)} "
+            f"wall={record[R.TIME][R.TOTAL_S]:.1f}s record={record[R.RECORD_PATH]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(__doc__)
         print("config keys (key=value):\n" + describe())
-        return 0
+        return EXIT_OK
     try:
         record = run(resolve(argv))
         distributed.cleanup(sync=True)
@@ -392,16 +387,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("cancelled: the record says so", file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
     except Exception as exc:
         print(f"error: the run failed ({type(exc).__name__}: {exc}); the record and "
               "error.txt in its run folder hold the details", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     finally:
         distributed.cleanup()
     if distributed.env_rank() == 0:
         print(summary_line(record))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

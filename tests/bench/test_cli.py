@@ -85,7 +85,7 @@ def test_inference_and_scaling_sections(smoke: tuple[Path, dict[str, Any]]) -> N
 
 @pytest.mark.parametrize("argv, message", [
     (["--only", "nope"], "choose from methods, peft, inference, scaling"),
-    (["--frobnicate"], "unknown argument '--frobnicate'"),
+    (["--frobnicate"], "unknown option --frobnicate"),
     (["--rounds", "1"], "must be an integer >= 2"),
     (["--rounds"], "--rounds needs a value"),
     (["--device", "cuda:7"], "device=cuda:7"),

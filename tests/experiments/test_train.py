@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import read_wandb_file
 
 from experiments.config import resolve
 from experiments.evaluation import classification_metrics
-from experiments.tracking import read_wandb_file
 from experiments.train import main, run, warmup_linear
 
 REPO = Path(__file__).resolve().parents[2]

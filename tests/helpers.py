@@ -1,0 +1,58 @@
+"""Helpers the tests share (not fixtures): reading what W&B wrote offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def read_wandb_file(path: str | Path) -> dict[str, Any]:
+    """What an offline W&B run file holds: run info, final summary and history rows.
+
+    The `.wandb` file is a LevelDB-style log (7-byte file header, then 32 KiB blocks of
+    records with a 7-byte header: crc32, length, type) of protobuf `Record`s. Used by the tests
+    to check what W&B would sync, without a server.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos = Path(path).read_bytes(), 32768, 7
+    chunks: list[bytes] = []
+    partial = b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind in (2, 3):
+            partial = (b"" if kind == 2 else partial) + chunk
+        elif kind == 4:
+            chunks.append(partial + chunk)
+    out: dict[str, Any] = {"run": {}, "summary": {}, "history": [], "config": {}}
+    for raw in chunks:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out["run"] = {"id": rec.run.run_id, "project": rec.run.project,
+                          "group": rec.run.run_group, "job_type": rec.run.job_type}
+            out["config"] = {i.key: json.loads(i.value_json) for i in rec.run.config.update}
+        elif kind == "summary":
+            out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                   for i in rec.summary.update})
+        elif kind == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                   for i in rec.history.item})
+    return out
+
+
