@@ -114,6 +114,16 @@ WEIGHT_CASTS_BYTES = "weight_casts_bytes"
 MEASURED_METHOD = "measured_method"
 CUDA_MAX_ALLOCATED_BYTES = "cuda_max_allocated_bytes"
 OPTIMIZER_IMPL = "optimizer_impl"
+MEASURED_MAX = "measured_max"  # each category's own maximum over the step
+MEASURED_AT_STATE_PEAK = "measured_at_state_peak"  # each category at the state peak
+OPTIMIZER_TEMPORARIES = "optimizer_temporaries_at_state_peak"  # the largest, how each was made
+MEASURED_STEP = "measured_step"  # which step of the process was measured (1-based)
+MEASURED_STEP_S = "measured_step_s"  # that step's wall time, measurement included
+MEASURED_BATCH = "measured_batch"  # the measured batch's tensor shapes
+CUDA_VS_MEASURED = "cuda_vs_measured"  # cuda_max_allocated_bytes / measured_peak_bytes
+CUDA_RUN_MAX_ALLOCATED_BYTES = "cuda_run_max_allocated_bytes"  # over the whole run
+CUDA_RUN_MAX_RESERVED_BYTES = "cuda_run_max_reserved_bytes"
+RSS_METHOD = "rss_method"
 # memory.*: the process-level figure (CUDA max allocated; CPU resident-set growth, approximate).
 PEAK_BYTES = "peak_bytes"
 DEVICE_PEAK_BYTES = "device_peak_bytes"
