@@ -13,15 +13,16 @@ from typing import Any
 import pytest
 import torch
 
-from experiments import distributed
+from experiments import launch
 from experiments.config import resolve
+from experiments.evaluation import eval_batches
 from experiments.train import main, run
 
 REPO = Path(__file__).resolve().parents[2]
 # Tolerances on 5 steps (CPU fp32): DDP averages the same gradients in another order; FSDP
 # also reduce-scatters them and clips a norm summed from shards. Both measured ~1e-7 here.
 RTOL = {"ddp": 1e-4, "fsdp": 1e-5}
-NEEDS_TWO = pytest.mark.skipif(distributed.capacity("cpu")[0] < 2, reason="needs 2 CPU cores")
+NEEDS_TWO = pytest.mark.skipif(launch.capacity("cpu")[0] < 2, reason="needs 2 CPU cores")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def _model_params(path: str) -> list[torch.Tensor]:
 
 EXPORT = """
 import sys, torch
-from experiments import distributed
+from experiments import distributed, parallel
 from experiments.backbones import load_backbone
 from methods import lora
 
@@ -146,8 +147,8 @@ lora.apply(model, lora.Config())
 with torch.no_grad():
     for layer in lora.lora_layers(model).values():
         layer.lora_B.weight.normal_()  # B starts at zero: give the export something to carry
-model = distributed.wrap(model, info)
-with distributed.full_weights(model, info) as full:
+model = parallel.wrap(model, info)
+with parallel.full_weights(model, info) as full:
     if info.main:
         lora.export_peft(full, sys.argv[2])
 distributed.cleanup()
@@ -182,7 +183,7 @@ def test_eval_shards_cover_every_example_once_with_equal_batch_counts() -> None:
         seen: list[int] = []
         counts = set()
         for rank in range(world):
-            batches, real = distributed.eval_batches(n, batch, rank, world)
+            batches, real = eval_batches(n, batch, rank, world)
             counts.add(len(batches))
             seen += [i for b, r in zip(batches, real, strict=True) for i in b[:r]]
         assert sorted(seen) == list(range(n)) and len(counts) == 1
@@ -199,7 +200,7 @@ def test_too_many_processes_is_one_line_exit_2_nothing_written(
     assert len(err) == 1 and err[0].startswith("error: NPROC=999 processes but")
     assert not runs_dir.exists()
     # the pre-check `make experiment NPROC=` runs before torchrun says the same
-    out = subprocess.run([sys.executable, "-m", "experiments.distributed", "999", "cpu"],
+    out = subprocess.run([sys.executable, "-m", "experiments.launch", "999", "cpu"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.strip().startswith("error: NPROC=999")
     assert len(out.stderr.strip().splitlines()) == 1
@@ -208,7 +209,7 @@ def test_too_many_processes_is_one_line_exit_2_nothing_written(
 def test_batch_not_divisible_by_processes_is_a_user_error(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         runs_dir: Path) -> None:
-    monkeypatch.setattr(distributed, "capacity", lambda kind: (8, "CPU cores"))
+    monkeypatch.setattr(launch, "capacity", lambda kind: (8, "CPU cores"))
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert main(["method=full", "model=tiny-bert", "batch_size=8", "wandb=disabled"]) == 2
     assert "not divisible by 3" in capsys.readouterr().err
