@@ -58,10 +58,16 @@ def build_optimizer(model: torch.nn.Module, cfg: Config,
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError(f"method {cfg.method!r} left no parameter trainable")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    # A method's optional `lr_scales` hook: parameters that learn at a multiple of lr (LoRA+).
+    hook = getattr(METHODS.get(cfg.method), "lr_scales", None) if cfg.method_cfg else None
+    scales = {id(p): s for p, s in (hook(model, cfg.method_cfg) if hook else {}).items()}
+    groups = []
+    for s in dict.fromkeys([1.0, *scales.values()]):
+        mine = [p for p in params if scales.get(id(p), 1.0) == s]
+        groups += [{"params": [p for p in mine if p.ndim >= 2], "weight_decay": cfg.weight_decay,
+                    "lr": cfg.lr * s},
+                   {"params": [p for p in mine if p.ndim < 2], "weight_decay": 0.0,
+                    "lr": cfg.lr * s}]
     return make_adamw([g for g in groups if g["params"]], cfg.lr, precision or cfg.precision)
 
 
