@@ -153,7 +153,7 @@ class Workload:
             R.LEDGER_BYTES: mem.get(R.LEDGER_BYTES), R.WEIGHTS_BYTES: mem.get(R.WEIGHTS_BYTES),
             R.GRADS_BYTES: mem.get(R.GRADS_BYTES), R.OPTIMIZER_BYTES: mem.get(R.OPTIMIZER_BYTES),
             R.ACTIVATIONS_PEAK_BYTES: mem.get(R.ACTIVATIONS_PEAK_BYTES),
-            "predicted_bytes": predicted, "predicted_formula": formula,
+            R.PREDICTED_BYTES: predicted, "predicted_formula": formula,
             R.LEDGER_VS_PREDICTED: (mem[R.LEDGER_BYTES] / predicted
                                     if mem.get(R.LEDGER_BYTES) else None),
             R.DEVICE_PEAK_BYTES: self.device_peak_bytes, "info": self.info,
