@@ -124,6 +124,17 @@ CUDA_VS_MEASURED = "cuda_vs_measured"  # cuda_max_allocated_bytes / measured_pea
 CUDA_RUN_MAX_ALLOCATED_BYTES = "cuda_run_max_allocated_bytes"  # over the whole run
 CUDA_RUN_MAX_RESERVED_BYTES = "cuda_run_max_reserved_bytes"
 RSS_METHOD = "rss_method"
+# The categories of memory.measured_at_peak, measured_max and measured_at_state_peak (bytes by
+# what owns a storage; experiments/memtrack.py files each storage under one).
+CAT_PARAMETERS = "parameters"
+CAT_BUFFERS = "buffers"
+CAT_INPUTS = "inputs"
+CAT_OPTIMIZER_STATE = "optimizer_state"
+CAT_GRADIENTS = "gradients"
+CAT_WEIGHT_CASTS = "weight_casts"
+CAT_ACTIVATIONS = "activations"
+CAT_OPTIMIZER_TEMPORARIES = "optimizer_temporaries"
+CAT_TEMPORARIES = "temporaries"
 # memory.*: the process-level figure (CUDA max allocated; CPU resident-set growth, approximate).
 PEAK_BYTES = "peak_bytes"
 DEVICE_PEAK_BYTES = "device_peak_bytes"
