@@ -1,5 +1,10 @@
 """LoRA: chosen linear layers of the frozen backbone gain `y = W x + b + (alpha / r) * B(A x)`.
 
+`lora.scaling=rslora` multiplies by alpha / sqrt(r) instead (rsLoRA, Kalajdzievski 2023: the
+update's scale then does not shrink as the rank grows); `lora.lr_ratio` is LoRA+ (Hayou et al.
+2024): B learns at `lr_ratio` times A's learning rate, through the `lr_scales` hook the harness's
+optimizer reads.
+
 The three verbs of microsoft/LoRA's loralib: `apply` injects `LoRALinear` layers and marks what
 trains (adapters and the classifier head, which is never wrapped and always trains);
 `save_adapter` / `load_adapter` keep only the trained weights; `merge` / `unmerge` fold the update
@@ -30,6 +35,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +52,7 @@ from methods.model import param_split
 PRESET = {"lr": 5e-4, "epochs": 2}
 
 INITS = ("kaiming", "normal")
+SCALINGS = ("standard", "rslora")
 KEYWORDS = ("all", "attention", "mlp")
 _REGEX_CHARS = set("^$*+?()[]{}|\\")
 _ATTN_PARENT = re.compile(r"attn|attention", re.IGNORECASE)
@@ -64,27 +71,44 @@ class Config:
     targets: str = "all"  # all | attention | mlp | comma-separated module names | a regex
     init: str = "kaiming"  # A's init: kaiming (uniform, as nn.Linear) or normal (std 1/rank)
     train_embeddings: bool = False  # also train the full input token embedding matrix
-    train_output_embeddings: bool = False  # also train the output embedding, where one exists
+    scaling: str = "standard"  # standard: alpha / r; rslora: alpha / sqrt(r)
+    lr_ratio: float = 1.0  # LoRA+: B's learning rate as a multiple of A's (the run's lr)
+
+    name: ClassVar[str] = "lora"  # the option prefix in messages (DoRA shares these options)
 
     def validate(self) -> None:
         """Reject option values that can never work, whatever the backbone."""
+        key = self.name
         if self.rank <= 0:
-            raise MethodError(f"lora.rank={self.rank} must be >= 1")
+            raise MethodError(f"{key}.rank={self.rank} must be >= 1")
         if not self.alpha > 0:
-            raise MethodError(f"lora.alpha={self.alpha} must be > 0")
+            raise MethodError(f"{key}.alpha={self.alpha} must be > 0")
         if not 0 <= self.dropout < 1:
-            raise MethodError(f"lora.dropout={self.dropout} must be in [0, 1)")
+            raise MethodError(f"{key}.dropout={self.dropout} must be in [0, 1)")
         if self.init not in INITS:
-            raise MethodError(f"lora.init={self.init!r} is not one of: {', '.join(INITS)}")
+            raise MethodError(f"{key}.init={self.init!r} is not one of: {', '.join(INITS)}")
         if not self.targets.strip():
-            raise MethodError("lora.targets is empty; use all, attention, mlp, names or a regex")
+            raise MethodError(f"{key}.targets is empty; use all, attention, mlp, names or a regex")
+        if self.scaling not in SCALINGS:
+            raise MethodError(f"{key}.scaling={self.scaling!r} is not one of: "
+                              f"{', '.join(SCALINGS)}")
+        if not self.lr_ratio > 0:
+            raise MethodError(f"{key}.lr_ratio={self.lr_ratio} must be > 0")
+
+
+def scale_factor(alpha: float, rank: int, scaling: str = "standard") -> float:
+    """What multiplies B A: alpha / r (LoRA), or alpha / sqrt(r) (rsLoRA)."""
+    return alpha / math.sqrt(rank) if scaling == "rslora" else alpha / rank
 
 
 class LoRALinear(nn.Module):
     """A frozen nn.Linear or GPT-2 Conv1D plus the trainable update (alpha / r) * B(A x)."""
 
+    label = "LoRA"  # how the record names the adapters
+    use_dora = False  # PEFT's flag for the weight-decomposed variant (methods.dora)
+
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
-                 init: str = "kaiming") -> None:
+                 init: str = "kaiming", use_rslora: bool = False) -> None:
         super().__init__()
         # Conv1D stores W as (in, out), the transpose of nn.Linear's (out, in).
         self.fan_in_fan_out = isinstance(base, Conv1D)
@@ -95,15 +119,16 @@ class LoRALinear(nn.Module):
         w = base.weight
         self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out \
             else (w.shape[1], w.shape[0])
-        self.rank, self.alpha = rank, float(alpha)
+        self.rank, self.alpha, self.use_rslora = rank, float(alpha), use_rslora
         # Multiplies the update: the lecture's snippet divides by it, a typo (see DESIGN.md).
-        self.scaling = self.alpha / rank
+        self.scaling = scale_factor(self.alpha, rank, "rslora" if use_rslora else "standard")
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=w.device, dtype=w.dtype)
         self.lora_B = nn.Linear(rank, self.out_features, bias=False, device=w.device,
                                 dtype=w.dtype)
         self.merged = False
         self.reset_lora(init)
+        self.register_state_dict_post_hook(_mark_merged)
 
     def reset_lora(self, init: str = "kaiming") -> None:
         """A small random, B zero: the update starts at exactly zero (base model at step 0)."""
@@ -134,6 +159,14 @@ class LoRALinear(nn.Module):
                              self.lora_B.weight.T, alpha=self.scaling)
         return update.view(out.shape)
 
+    def num_adapter_params(self) -> int:
+        """Trained parameters this layer adds: r * (in + out)."""
+        return self.rank * (self.in_features + self.out_features)
+
+    def peft_tensors(self) -> dict[str, torch.Tensor]:
+        """This layer's trained tensors under PEFT's key suffixes (adapter name left out)."""
+        return {"lora_A.weight": self.lora_A.weight, "lora_B.weight": self.lora_B.weight}
+
     def delta_weight(self) -> torch.Tensor:
         """(alpha / r) * B A in the layout of `weight` (transposed for Conv1D), in fp32."""
         delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
@@ -153,11 +186,38 @@ class LoRALinear(nn.Module):
             self.weight.sub_(self.delta_weight().to(self.weight.dtype))
             self.merged = False
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Refuse a weight whose merged state differs from this layer's: a merged W already holds
+        the update, and taking it for the base W would add the update twice (or never remove it)."""
+        saved_merged = state_dict.pop(prefix + MERGED_KEY, None) is not None
+        if prefix + "weight" in state_dict and saved_merged != self.merged:
+            error_msgs = args[-1]
+            state = ("merged (the LoRA update folded into the weight)", "unmerged")
+            error_msgs.append(f"{prefix.rstrip('.')}: the state dict was saved "
+                              f"{state[not saved_merged]}, this layer is {state[saved_merged]};"
+                              f" call methods.lora.{'merge' if saved_merged else 'unmerge'}"
+                              "(model) before loading it")
+            return
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def extra_repr(self) -> str:
         """Shapes and settings, for print(model)."""
         kind = "Conv1D" if self.fan_in_fan_out else "Linear"
+        rs = ", rslora" if self.use_rslora else ""
         return (f"{kind}(in={self.in_features}, out={self.out_features}), rank={self.rank}, "
-                f"alpha={self.alpha:g}, merged={self.merged}")
+                f"alpha={self.alpha:g}{rs}, merged={self.merged}")
+
+
+# A state dict of a merged layer carries this key (a 0-d tensor, so every state-dict consumer can
+# hold it); an unmerged layer's keys are exactly the base layer's plus the adapters'.
+MERGED_KEY = "lora_merged"
+
+
+def _mark_merged(module: LoRALinear, state_dict: dict[str, Any], prefix: str,
+                 local_metadata: dict[str, Any]) -> None:
+    """state_dict post-hook: mark a merged layer's weights as such."""
+    if module.merged:
+        state_dict[prefix + MERGED_KEY] = torch.ones((), dtype=torch.uint8)
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -191,7 +251,7 @@ def _available(layers: dict[str, nn.Module]) -> str:
     return text + (f"; outside blocks: {', '.join(outside)}" if outside else "")
 
 
-def select_targets(model: nn.Module, targets: str) -> list[str]:
+def select_targets(model: nn.Module, targets: str, key: str = "lora.targets") -> list[str]:
     """Full paths of the layers `targets` names; a MethodError (listing what exists) if none."""
     layers = linear_layers(model)
     spec = targets.strip()
@@ -203,7 +263,7 @@ def select_targets(model: nn.Module, targets: str) -> list[str]:
         try:
             pattern = re.compile(spec)
         except re.error as exc:
-            raise MethodError(f"lora.targets={spec!r} is not a valid regex ({exc}); "
+            raise MethodError(f"{key}={spec!r} is not a valid regex ({exc}); "
                               f"{hint}") from exc
         chosen = [n for n in layers if pattern.search(n)]
     else:
@@ -211,11 +271,11 @@ def select_targets(model: nn.Module, targets: str) -> list[str]:
         for item in (s.strip() for s in spec.split(",") if s.strip()):
             hits = [n for n in layers if n == item or n.endswith("." + item)]
             if not hits:
-                raise MethodError(f"lora.targets: {item!r} matches no linear layer of "
+                raise MethodError(f"{key}: {item!r} matches no linear layer of "
                                 f"{model.config.model_type}; {_available(layers)}; {hint}")
             chosen += [h for h in hits if h not in chosen]
     if not chosen:
-        raise MethodError(f"lora.targets={spec!r} matches no linear layer of "
+        raise MethodError(f"{key}={spec!r} matches no linear layer of "
                         f"{model.config.model_type}; {_available(layers)}; {hint}")
     return chosen
 
@@ -227,10 +287,17 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 def apply(model: nn.Module, cfg: Config) -> dict:
     """Wrap the targeted layers, freeze the backbone, train adapters and the head."""
+    return wrap_targets(model, cfg, LoRALinear)
+
+
+def wrap_targets(model: nn.Module, cfg: Config, layer_cls: type[LoRALinear]) -> dict:
+    """`apply` for LoRA and its variants: `layer_cls` (LoRALinear or a subclass) wraps each
+    target; the backbone freezes; adapters and the head train."""
     cfg.validate()  # also when called directly, not only through experiments.config.resolve
     if lora_layers(model):
-        raise MethodError("the model already has LoRA layers; apply lora once, to a fresh model")
-    names = select_targets(model, cfg.targets)
+        raise MethodError(f"the model already has LoRA layers; apply {cfg.name} once, to a fresh "
+                          "model")
+    names = select_targets(model, cfg.targets, f"{cfg.name}.targets")
     modules = dict(model.named_modules())
     # Every check comes before the first change, so a rejected config leaves the model as it was.
     for name in names:
@@ -238,44 +305,41 @@ def apply(model: nn.Module, cfg: Config) -> dict:
         n_in, n_out = (m.weight.shape[0], m.weight.shape[1]) if isinstance(m, Conv1D) \
             else (m.weight.shape[1], m.weight.shape[0])
         if cfg.rank > min(n_in, n_out):
-            raise MethodError(f"lora.rank={cfg.rank} exceeds min(in, out)={min(n_in, n_out)} of "
-                            f"{name} ({n_in}->{n_out}); choose lora.rank <= {min(n_in, n_out)}")
-    output_emb = _output_embeddings(model) if cfg.train_output_embeddings else None
+            raise MethodError(f"{cfg.name}.rank={cfg.rank} exceeds min(in, out)={min(n_in, n_out)}"
+                              f" of {name} ({n_in}->{n_out}); choose {cfg.name}.rank <= "
+                              f"{min(n_in, n_out)}")
     for p in model.parameters():
         p.requires_grad_(False)
     expected = 0
     for name in names:
         parent, _, leaf = name.rpartition(".")
-        layer = LoRALinear(modules[name], cfg.rank, cfg.alpha, cfg.dropout, cfg.init)
+        layer = layer_cls(modules[name], cfg.rank, cfg.alpha, cfg.dropout, cfg.init,
+                          use_rslora=cfg.scaling == "rslora")
         setattr(modules[parent], leaf, layer)
-        expected += cfg.rank * (layer.in_features + layer.out_features)
+        expected += layer.num_adapter_params()
     for p in model.classifier.parameters():
         p.requires_grad_(True)
     if cfg.train_embeddings:
         model.get_input_embeddings().weight.requires_grad_(True)
-    if output_emb is not None:
-        output_emb.weight.requires_grad_(True)
     split = param_split(model)
     assert split["adapter"] == expected, (split["adapter"], expected)  # r * (in + out) per layer
     inner = list(dict.fromkeys(block_path(n) or n for n in names))
-    trains = f"LoRA adapters on {len(names)} layers + classifier head"
+    trains = f"{layer_cls.label} adapters on {len(names)} layers + classifier head"
     if cfg.train_embeddings:
         trains += " + input embeddings"
     return {"trains": trains, "head_trained": True, "layers": len(names),
-            "target_modules": inner, "scaling": cfg.alpha / cfg.rank, "adapter_params": expected,
-            "embeddings_trained": cfg.train_embeddings,
-            "output_embeddings_trained": output_emb is not None}
+            "target_modules": inner, "scaling": scale_factor(cfg.alpha, cfg.rank, cfg.scaling),
+            "scaling_rule": cfg.scaling, "lr_ratio": cfg.lr_ratio, "adapter_params": expected,
+            "embeddings_trained": cfg.train_embeddings}
 
 
-def _output_embeddings(model: nn.Module) -> nn.Module:
-    """The backbone's output embedding; a MethodError when it has none (our head replaces it)."""
-    get = getattr(model.backbone, "get_output_embeddings", None)
-    out = get() if get is not None else None
-    if out is None:
-        raise MethodError(f"lora.train_output_embeddings=true, but the {model.config.model_type} "
-                        "backbone has no output embedding (the classifier head replaces the LM "
-                        "head and always trains); leave it false")
-    return out
+def lr_scales(model: nn.Module, cfg: Config) -> dict[nn.Parameter, float]:
+    """Harness hook: each B matrix learns at `lr_ratio` times the run's lr (LoRA+); the rest of
+    the trainable parameters at the run's lr (left out of the dict)."""
+    if cfg.lr_ratio == 1.0:
+        return {}
+    return {m.lora_B.weight: cfg.lr_ratio for m in lora_layers(model).values()
+            if m.lora_B.weight.requires_grad}
 
 
 def merge(model: nn.Module) -> int:
@@ -346,15 +410,16 @@ def export_peft(model: nn.Module, out_dir: str | Path) -> Path:
     layers = lora_layers(model)
     if not layers:
         raise MethodError("the model has no LoRA layers; call methods.lora.apply first")
-    settings = {(m.rank, m.alpha, getattr(m.lora_dropout, "p", 0.0)) for m in layers.values()}
+    settings = {(m.rank, m.alpha, getattr(m.lora_dropout, "p", 0.0), m.use_rslora, m.use_dora)
+                for m in layers.values()}
     if len(settings) != 1:
-        raise ValueError(f"PEFT's config holds one rank/alpha/dropout; layers have {settings}")
-    rank, alpha, dropout = settings.pop()
+        raise ValueError(f"PEFT's config holds one rank/alpha/dropout/rslora/dora; layers have "
+                         f"{settings}")
+    rank, alpha, dropout, rslora, dora = settings.pop()
     prefix = "base_model.model."  # PEFT's key prefix, with the adapter name left out
     tensors = {}
     for name, m in layers.items():
-        tensors[f"{prefix}{name}.lora_A.weight"] = m.lora_A.weight
-        tensors[f"{prefix}{name}.lora_B.weight"] = m.lora_B.weight
+        tensors.update({f"{prefix}{name}.{k}": v for k, v in m.peft_tensors().items()})
     to_save = {"classifier": model.classifier}
     emb = model.get_input_embeddings()
     if emb.weight.requires_grad:
@@ -368,7 +433,7 @@ def export_peft(model: nn.Module, out_dir: str | Path) -> Path:
         "lora_dropout": dropout, "target_modules": sorted(layers), "bias": "none",
         "modules_to_save": list(to_save), "init_lora_weights": True, "inference_mode": True,
         "fan_in_fan_out": any(m.fan_in_fan_out for m in layers.values()),
-        "use_rslora": False, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {},
+        "use_rslora": rslora, "use_dora": dora, "rank_pattern": {}, "alpha_pattern": {},
         "base_model_name_or_path": getattr(model.config, "_name_or_path", "") or None,
     }
     out = Path(out_dir)
@@ -377,3 +442,21 @@ def export_peft(model: nn.Module, out_dir: str | Path) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
               str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     return out
+
+
+ADAPTER_FILE = "adapter.safetensors"
+PEFT_DIR = "peft"
+
+
+def save(model: nn.Module, out_dir: str | Path) -> dict[str, str]:
+    """Harness hook: the adapters and head (`save_adapter`) and a PEFT folder (`export_peft`)
+    in `out_dir`; returns what was written, as paths inside it."""
+    out = Path(out_dir)
+    save_adapter(model, out / ADAPTER_FILE)
+    export_peft(model, out / PEFT_DIR)
+    return {"adapter": ADAPTER_FILE, "peft": PEFT_DIR}
+
+
+def load(model: nn.Module, in_dir: str | Path) -> None:
+    """Harness hook: put back what `save` wrote, into a model `apply` prepared the same way."""
+    load_adapter(model, Path(in_dir) / ADAPTER_FILE)

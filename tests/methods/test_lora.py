@@ -69,6 +69,8 @@ def test_targets_by_name_and_regex(tiny, arch: str, targets: str, layers: int) -
     ({"rank": 33}, "exceeds min(in, out)=32"),
     ({"rank": 0}, "must be >= 1"),
     ({"init": "xavier"}, "lora.init"),
+    ({"scaling": "sqrt"}, "lora.scaling='sqrt' is not one of: standard, rslora"),
+    ({"lr_ratio": 0.0}, "lora.lr_ratio=0.0 must be > 0"),
 ])
 def test_bad_options_are_one_line_user_errors(tiny, options: dict, message: str) -> None:
     """Unusable options raise the method's own MethodError before the model is touched."""
@@ -90,7 +92,8 @@ def test_config_validation_through_resolve() -> None:
 
 def test_defaults_and_registry() -> None:
     """The default run is LoRA r8 alpha16 on all linear layers, at its preset lr."""
-    assert list(METHODS) == ["head", "embedding", "soft_prompt", "lora", "full"]
+    assert list(METHODS) == ["head", "soft_prompt", "ia3", "bitfit", "prefix", "lora", "dora",
+                             "embedding", "full"]
     cfg = resolve([])
     assert cfg.method == "lora" and cfg.lr == lora.PRESET["lr"]
     assert (cfg.method_cfg.rank, cfg.method_cfg.alpha, cfg.method_cfg.targets) == (8, 16.0, "all")
@@ -122,6 +125,74 @@ def test_alpha_over_rank_multiplies_the_update(base: nn.Module) -> None:
     assert not torch.allclose(out, base_out + update / 4.0, atol=1e-3)
     delta = 4.0 * layer.lora_B.weight @ layer.lora_A.weight  # (out, in)
     assert torch.allclose(layer.delta_weight(), delta.T if isinstance(base, Conv1D) else delta)
+
+
+@pytest.mark.parametrize(("scaling", "factor"), [("standard", 8.0 / 4), ("rslora", 8.0 / 2)])
+def test_rslora_divides_by_the_root_of_the_rank(scaling: str, factor: float) -> None:
+    """scaling=standard multiplies B A by alpha / r, rslora by alpha / sqrt(r) (r = 4)."""
+    torch.manual_seed(0)
+    base = nn.Linear(5, 3)
+    layer = lora.LoRALinear(base, rank=4, alpha=8.0, use_rslora=scaling == "rslora")
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+    x = torch.randn(7, 5)
+    update = x @ layer.lora_A.weight.T @ layer.lora_B.weight.T
+    assert layer.scaling == factor
+    assert torch.allclose(layer(x), base(x) + factor * update, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["tiny-bert", "tiny-gpt2", "tiny-llama"])
+def test_rslora_gives_peft_rslora_logits(tiny, make_batch, tmp_path: Path, arch: str) -> None:
+    """rsLoRA with PEFT's A and B gives PEFT's `use_rslora=True` logits, and the export says so."""
+    import json
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    ours, tok, _ = tiny(arch)
+    batch = make_batch(tok)
+    info = lora.apply(ours, lora.Config(rank=4, alpha=8.0, scaling="rslora"))
+    assert info["scaling"] == 4.0 and info["scaling_rule"] == "rslora"
+    _randomize_adapters(ours)
+    names = sorted(lora.lora_layers(ours))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=names, modules_to_save=["classifier"],
+                        use_rslora=True, fan_in_fan_out=arch == "tiny-gpt2")
+    peft_model = get_peft_model(tiny(arch)[0], config)
+    with torch.no_grad():
+        for name in names:
+            theirs = peft_model.base_model.model.get_submodule(name)
+            theirs.lora_A["default"].weight.copy_(ours.get_submodule(name).lora_A.weight)
+            theirs.lora_B["default"].weight.copy_(ours.get_submodule(name).lora_B.weight)
+        head = peft_model.base_model.model.classifier.modules_to_save["default"]
+        head.load_state_dict(ours.classifier.state_dict())
+    mine = _logits(ours, batch)
+    assert torch.allclose(_logits(peft_model, batch), mine, atol=1e-5)
+    out = lora.export_peft(ours, tmp_path / "peft")
+    assert json.loads((out / "adapter_config.json").read_text())["use_rslora"] is True
+    loaded = PeftModel.from_pretrained(tiny(arch)[0], str(out))
+    assert torch.allclose(_logits(loaded, batch), mine, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_lr_ratio_gives_b_its_own_learning_rate(tiny, method: str) -> None:
+    """LoRA+: the harness's optimizer gives every B matrix lr * lr_ratio, everything else lr
+    (biases and vectors still without weight decay); ratio 1 keeps the two plain groups."""
+    from experiments.train import build_optimizer
+
+    cfg = resolve([f"method={method}", "lr=1e-3", "weight_decay=0.1", f"{method}.lr_ratio=16"])
+    model, _, _ = tiny("tiny-bert")
+    METHODS[method].apply(model, cfg.method_cfg)
+    opt = build_optimizer(model, cfg, "fp32")
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert set(lr_of) == {id(p) for p in model.parameters() if p.requires_grad}
+    for pid, (lr, decay) in lr_of.items():
+        name = names[pid]
+        assert lr == pytest.approx(1.6e-2 if ".lora_B." in name else 1e-3), name
+        assert decay == (0.0 if name.endswith(("bias", "magnitude")) else 0.1), name
+    plain = resolve([f"method={method}", "lr=1e-3"])
+    fresh, _, _ = tiny("tiny-bert")
+    METHODS[method].apply(fresh, plain.method_cfg)
+    assert [g["lr"] for g in build_optimizer(fresh, plain, "fp32").param_groups] == [1e-3, 1e-3]
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
