@@ -1,15 +1,24 @@
-"""Memory measurement: an exact ledger of live tensors, saved-activation peak, device peak, and
-the lecture's prediction (16N, 12N, 16N/G, 4N+16M) to compare them with.
+"""Memory measurement: one training step measured by category, the lecture's prediction (16N,
+12N, 16N/G, 4N+16M) to hold it against, and a ledger that restates the prediction as a check.
 
 N in the record is every parameter counted once (`param_split(model)["total"]`), M the
 trainable ones. In 4N+16M the lecture's N is the frozen base (it counts the weights as N+M
 floats), so that formula is evaluated with N - M; `formula_N` records the N a formula used.
 
-Everything is measured once, on the first training step, so the hot path stays untouched:
-`FirstStepProbe` reads the gradients just before the first `optimizer.step()` and the optimizer
-state just after it (optimizer step hooks), and `probe.activations(batch)` wraps only that
-step's forward and backward in `torch.autograd.graph.saved_tensors_hooks`. `memory_record`
-merges this with `DevicePeak` into the record's `memory` section.
+The measurement (`experiments.memtrack`): every live tensor storage over one whole step, by
+category; `measured_state_peak_bytes` (weights + gradients + optimizer state + the optimizer's
+temporaries at their peak) is what the formulas predict, so `state_vs_predicted` is the
+headline. The ledger adds up parameter, gradient and optimizer-state bytes after the first step:
+it multiplies the same counts by the same bytes as the formula, so `ledger_vs_predicted` agrees
+by construction and is kept only as a cross-check of the state layout.
+
+Measuring touches one step only, so the hot path stays untouched: `FirstStepProbe` reads the
+gradients just before the first `optimizer.step()` and the optimizer state just after it
+(optimizer step hooks); given the steps left, it also measures one whole step (`probe.step`,
+see `memtrack.StepMeter`). `probe.activations(batch)` is the older saved-tensor peak of the
+first forward+backward alone (bench uses it). `memory_record` merges these with `DevicePeak`
+(process-level: CUDA's allocator maximum, or the CPU resident set's growth, approximate) into
+the record's `memory` section.
 """
 
 from __future__ import annotations
@@ -29,10 +38,11 @@ BYTES_PER_TRAINABLE = {"fp32": 4 + 4 + 4 + 4, "bf16-mixed": 4 + 4 + 4 + 4,
                        "mixed-12n": 4 + 2 + 2 + 4}
 BYTES_PER_FROZEN = 4  # fp32 weights only
 
-LEDGER_METHOD = ("exact: sum of the live tensors' storages, each storage counted once; weights "
-                 "= parameters (buffers excluded, reported as buffers_bytes); grads read before "
-                 "the first optimizer.step(); optimizer = its per-parameter state after it (0-dim "
-                 "step counters reported apart as optimizer_scalar_bytes)")
+LEDGER_METHOD = ("cross-check, agrees with the formula by construction: sum of the live "
+                 "tensors' storages, each storage counted once; weights = parameters (buffers "
+                 "excluded, reported as buffers_bytes); grads read before the first "
+                 "optimizer.step(); optimizer = its per-parameter state after it (0-dim step "
+                 "counters reported apart as optimizer_scalar_bytes)")
 ACTIVATIONS_METHOD = ("exact, device-independent: peak bytes of the tensors autograd saved for "
                       "backward during the first training step (saved_tensors_hooks; each storage "
                       "counted once; parameter and buffer storages excluded)")
@@ -154,27 +164,38 @@ def model_state(model: torch.nn.Module) -> Iterator[torch.Tensor]:
 
 
 class FirstStepProbe:
-    """Measures the ledger and the saved-activation peak on the first training step only.
+    """Measures the ledger on the first training step, and one whole step if `steps_left` is set.
 
     Registers one-shot optimizer step hooks: the pre-hook reads weights and gradients (after
     backward and clipping), the post-hook reads the optimizer state its first step created.
+    With `steps_left` (the steps this process will take) `step(batch)` measures one whole step
+    (`memtrack.StepMeter`), which also gives the activations; `activations` is then a no-op.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 steps_left: int | None = None) -> None:
+        from experiments.memtrack import StepMeter
+
         self.model = model
         self.optimizer = optimizer
         self.ledger: dict[str, Any] = {}
         self.saved: SavedTensorPeak | None = None
         self.batch_info: dict[str, Any] = {}
+        self.meter = StepMeter(model, optimizer, steps_left) if steps_left is not None else None
         # A hook may not remove itself (torch iterates the hook dict while calling it): the
         # post-hook removes the pre-hook, and `result()` the post-hook.
         self._pre = optimizer.register_step_pre_hook(self._before_step)
         self._post = optimizer.register_step_post_hook(self._after_step)
 
+    def step(self, batch: dict[str, torch.Tensor]) -> Any:
+        """A context for one whole step (forward to optimizer step): measuring one of them."""
+        return self.meter.step(batch) if self.meter is not None else contextlib.nullcontext()
+
     def activations(self, batch: dict[str, torch.Tensor]) -> Any:
         """A context for a step's forward+backward: measuring the first time (the first step,
-        or the first after a resume), a no-op after."""
-        if self.saved is not None:
+        or the first after a resume), a no-op after, and always when `step` measures."""
+        # One set of saved-tensor hooks is active at a time; the step's tracker needs its own.
+        if self.saved is not None or self.meter is not None:
             return contextlib.nullcontext()
         self.saved = SavedTensorPeak(exclude=model_state(self.model))
         self.batch_info = {k: list(v.shape) for k, v in batch.items()}
@@ -185,36 +206,58 @@ class FirstStepProbe:
         grads, grads_by_dtype = unique_bytes(p.grad for p in self.model.parameters()
                                              if p.grad is not None)
         buffers, _ = unique_bytes(self.model.buffers())
-        self.ledger.update({"weights_bytes": weights, "weights_by_dtype": weights_by_dtype,
-                            "grads_bytes": grads, "grads_by_dtype": grads_by_dtype,
-                            "buffers_bytes": buffers})
+        self.ledger.update({R.WEIGHTS_BYTES: weights, R.WEIGHTS_BY_DTYPE: weights_by_dtype,
+                            R.GRADS_BYTES: grads, R.GRADS_BY_DTYPE: grads_by_dtype,
+                            R.BUFFERS_BYTES: buffers})
 
     def _after_step(self, *_: Any) -> None:
-        if "optimizer_bytes" in self.ledger:
+        if R.OPTIMIZER_BYTES in self.ledger:
             return
         self._pre.remove()
         per_param, scalars = optimizer_state_tensors(self.optimizer)
         opt, opt_by_dtype = unique_bytes(per_param)
-        self.ledger.update({"optimizer_bytes": opt, "optimizer_by_dtype": opt_by_dtype,
-                            "optimizer_scalar_bytes": unique_bytes(scalars)[0]})
+        self.ledger.update({R.OPTIMIZER_BYTES: opt, R.OPTIMIZER_BY_DTYPE: opt_by_dtype,
+                            R.OPTIMIZER_SCALAR_BYTES: unique_bytes(scalars)[0]})
 
     def result(self) -> dict[str, Any]:
         """The ledger (empty keys if the first step never completed) and the activation peak."""
         self._pre.remove()
         self._post.remove()
         out: dict[str, Any] = dict(self.ledger)
-        if "grads_bytes" in out and "optimizer_bytes" in out:
-            out["trainable_state_bytes"] = out["grads_bytes"] + out["optimizer_bytes"]
-            out["ledger_bytes"] = out["weights_bytes"] + out["trainable_state_bytes"]
+        if R.GRADS_BYTES in out and R.OPTIMIZER_BYTES in out:
+            out[R.TRAINABLE_STATE_BYTES] = out[R.GRADS_BYTES] + out[R.OPTIMIZER_BYTES]
+            out[R.LEDGER_BYTES] = out[R.WEIGHTS_BYTES] + out[R.TRAINABLE_STATE_BYTES]
         out["buffers_excluded"] = True
-        out["ledger_method"] = LEDGER_METHOD
-        if self.saved is not None:
-            out["activations_peak_bytes"] = int(self.saved.peak)
+        out[R.LEDGER_METHOD] = LEDGER_METHOD
+        if self.meter is not None and self.meter.result:
+            out.update(measured_activations(self.meter.result))
+        elif self.saved is not None:
+            out[R.ACTIVATIONS_PEAK_BYTES] = int(self.saved.peak)
             out["activations_saved_tensors"] = self.saved.saved
             out["activations_batch"] = self.batch_info
             out["activations_scope"] = activations_scope(self.batch_info)
-        out["activations_method"] = ACTIVATIONS_METHOD
+            out[R.ACTIVATIONS_METHOD] = ACTIVATIONS_METHOD
         return out
+
+    def measured(self) -> dict[str, Any]:
+        """The measured step's figures (empty if it never ran)."""
+        return dict(self.meter.result) if self.meter is not None else {}
+
+
+def measured_activations(measured: dict[str, Any]) -> dict[str, Any]:
+    """The activation keys from a measured step: saved tensors apart from autocast's weight
+    copies (`weight_casts_bytes`), each its own maximum over the step."""
+    from experiments import memtrack
+
+    biggest = measured[R.MEASURED_MAX]
+    batch = measured.get(R.MEASURED_BATCH, {})
+    return {R.ACTIVATIONS_PEAK_BYTES: biggest[memtrack.ACTIVATIONS],
+            R.WEIGHT_CASTS_BYTES: biggest[memtrack.WEIGHT_CASTS],
+            "activations_batch": batch, "activations_scope": activations_scope(batch),
+            R.ACTIVATIONS_METHOD: ("measured: the largest live bytes, over one whole step, of "
+                                   "storages autograd saved for backward (saved_tensors_hooks), "
+                                   "parameters, buffers, inputs and autocast's copies of the "
+                                   "weights (weight_casts_bytes) excluded")}
 
 
 def activations_scope(batch_shapes: dict[str, list[int]]) -> str:
@@ -222,7 +265,7 @@ def activations_scope(batch_shapes: dict[str, list[int]]) -> str:
     if "features" in batch_shapes and "input_ids" not in batch_shapes:
         return ("cached features: the classifier head's forward+backward alone; the frozen "
                 "backbone ran once before training (no saved tensors) and is not counted")
-    return "the whole model's forward+backward on the first training batch"
+    return "the whole model's forward+backward on one training batch"
 
 
 def predict(n_total: int, n_trainable: int, precision: str,
@@ -264,23 +307,31 @@ def formula_detail(formula: str, precision: str) -> str:
 
 def memory_record(peak: DevicePeak, probe: FirstStepProbe, params: dict[str, int],
                   precision: str, shards: int = 1) -> dict[str, Any]:
-    """The record's `memory` section: device peak, ledger, activations and the prediction."""
-    out = peak.result()
-    out["device_peak_bytes"] = out["peak_bytes"]
+    """The record's `memory` section: the measured step against the prediction, the ledger
+    (a cross-check), activations and the process-level figure."""
+    from experiments.optim import optimizer_impl
+
+    out = peak.result(probe.meter.cuda_before if probe.meter is not None else (0, 0))
     out.update(probe.result())
     n, m = params["total"], params["trainable"]
     predicted, formula, formula_n = predict(n, m, precision, shards)
     out.update({"N": n, "M": m, "precision": precision, "shards": shards,
-                "predicted_bytes": predicted, "predicted_formula": formula,
-                "formula_N": formula_n, "predicted_detail": formula_detail(formula, precision)})
-    if "ledger_bytes" in out:
-        out["ledger_vs_predicted"] = out["ledger_bytes"] / predicted
+                R.PREDICTED_BYTES: predicted, R.PREDICTED_FORMULA: formula,
+                "formula_N": formula_n, "predicted_detail": formula_detail(formula, precision),
+                R.OPTIMIZER_IMPL: optimizer_impl(probe.optimizer)})
+    measured = probe.measured()
+    if measured:
+        out.update(measured)
+        out[R.STATE_VS_PREDICTED] = measured[R.MEASURED_STATE_PEAK_BYTES] / predicted
+    if R.LEDGER_BYTES in out:
+        out[R.LEDGER_VS_PREDICTED] = out[R.LEDGER_BYTES] / predicted
     return out
 
 
-SUMMARY_KEYS = ("peak_bytes", "weights_bytes", "grads_bytes", "optimizer_bytes",
-                "activations_peak_bytes", "device_peak_bytes", "predicted_bytes",
-                "ledger_vs_predicted")
+SUMMARY_KEYS = (R.MEASURED_PEAK_BYTES, R.MEASURED_STATE_PEAK_BYTES, R.STATE_VS_PREDICTED,
+                R.PREDICTED_BYTES, R.ACTIVATIONS_PEAK_BYTES, R.WEIGHT_CASTS_BYTES,
+                R.WEIGHTS_BYTES, R.GRADS_BYTES, R.OPTIMIZER_BYTES, R.LEDGER_VS_PREDICTED,
+                R.CUDA_MAX_ALLOCATED_BYTES, R.RSS_GROWTH_BYTES)
 
 
 def memory_summary(memory: dict[str, Any]) -> dict[str, Any]:
@@ -289,11 +340,13 @@ def memory_summary(memory: dict[str, Any]) -> dict[str, Any]:
 
 
 class DevicePeak:
-    """Peak memory over a block: CUDA max-allocated, or the sampled RSS growth on CPU.
+    """Process-level memory over a block: CUDA's max allocated, or the RSS growth on CPU.
 
     On CPU there is no allocator counter, so a thread samples the process's resident set every
-    `interval` seconds; the peak growth over the baseline taken at entry is approximate (it
-    misses spikes shorter than the interval and includes allocator caching).
+    `interval` seconds; its growth over the baseline taken at entry is approximate (it misses
+    spikes shorter than the interval and includes memory the allocator freed but kept, while
+    the weights loaded before the baseline are not in it): `rss_growth_bytes`, never called a
+    peak. The step's measured peak (`measured_peak_bytes`) is the figure to compare.
     """
 
     def __init__(self, device: torch.device, interval: float = 0.02) -> None:
@@ -326,18 +379,23 @@ class DevicePeak:
             self._thread.join()
             self.peak = max(self.peak, self._proc.memory_info().rss)
 
-    def result(self) -> dict[str, Any]:
-        """peak_bytes (over the baseline on CPU; absolute on CUDA) and how it was measured."""
+    def result(self, before: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+        """The process-level figure and how it was taken. `before`: CUDA (max allocated, max
+        reserved) read just before someone reset the peak statistics inside the block."""
         if self.device.type == "cuda":
-            return {"peak_bytes": int(torch.cuda.max_memory_allocated(self.device)),
-                    "reserved_peak_bytes": int(torch.cuda.max_memory_reserved(self.device)),
-                    "baseline_bytes": int(self.baseline),
-                    "peak_method": "torch.cuda.max_memory_allocated over preparation, training "
-                                   "and evaluation (exact)"}
-        return {"peak_bytes": int(self.peak - self.baseline),
-                "rss_peak_bytes": int(self.peak), "baseline_bytes": int(self.baseline),
-                "peak_method": f"CPU resident-set growth over the baseline, sampled every "
-                               f"{self.interval * 1000:.0f} ms (approximate)"}
+            allocated = max(int(torch.cuda.max_memory_allocated(self.device)), before[0])
+            reserved = max(int(torch.cuda.max_memory_reserved(self.device)), before[1])
+            return {R.CUDA_RUN_MAX_ALLOCATED_BYTES: allocated,
+                    R.CUDA_RUN_MAX_RESERVED_BYTES: reserved,
+                    "cuda_baseline_bytes": int(self.baseline),
+                    "cuda_run_method": "torch.cuda.max_memory_allocated over preparation, "
+                                       "training and evaluation (every allocation on the device)"}
+        return {R.RSS_GROWTH_BYTES: int(self.peak - self.baseline),
+                "rss_baseline_bytes": int(self.baseline),
+                R.RSS_METHOD: f"approximate, not a peak of tensor memory: the CPU resident set's "
+                              f"largest growth over its size before preparation, sampled every "
+                              f"{self.interval * 1000:.0f} ms (misses short spikes, includes "
+                              f"memory the allocator keeps, excludes the weights loaded before)"}
 
 
 # Each rank's own share under several processes (FSDP shards weights, gradients and state).

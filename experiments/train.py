@@ -68,7 +68,8 @@ def build_optimizer(model: torch.nn.Module, cfg: Config,
                     "lr": cfg.lr * s},
                    {"params": [p for p in mine if p.ndim < 2], "weight_decay": 0.0,
                     "lr": cfg.lr * s}]
-    return make_adamw([g for g in groups if g["params"]], cfg.lr, precision or cfg.precision)
+    return make_adamw([g for g in groups if g["params"]], cfg.lr, precision or cfg.precision,
+                      cfg.optimizer_impl)
 
 
 def warmup_linear(total_steps: int, warmup_ratio: float) -> Any:
@@ -287,8 +288,9 @@ class Loop:
             self.tracker.truncate_to(saved.pop("metrics_offset"))  # logged after the checkpoint
             for key, value in saved.items():
                 setattr(self, key, value)
-        # Ledger and saved-activation peak, measured on the first step only.
-        probe = FirstStepProbe(model, self.optimizer)
+        # The ledger on the first step; one whole step measured by category (the second, so
+        # the optimizer state exists when it begins; experiments.memtrack).
+        probe = FirstStepProbe(model, self.optimizer, steps_left=total - self.step)
 
         bar = tqdm(total=total, initial=self.step, desc=cfg.method, disable=not cfg.progress,
                    dynamic_ncols=True, file=sys.stderr)
@@ -319,15 +321,16 @@ class Loop:
         """One optimizer step; a non-finite loss stops the run before the update."""
         cfg, t = self.cfg, time.perf_counter()
         batch = self.ctx.to_device(batch)
-        with probe.activations(batch):  # a no-op after the first step
+        with probe.step(batch):  # forward to optimizer step; measured once per run
             loss = forward_backward(self.model, batch, self.ctx)
-        # The mean over the global batch (all ranks); also syncs, so the step time is real.
-        self.loss_value, rows = distributed.global_mean(loss, len(batch["labels"]), self.ctx.dist)
-        if not math.isfinite(self.loss_value):
-            raise NonFiniteLoss(f"loss is {self.loss_value} at step {self.step + 1}; the "
-                                f"weights were not updated (last checkpoint: "
-                                f"{(self.last_checkpoint or {}).get('step', 'none')})")
-        apply_update(self.optimizer, trainable, cfg.max_grad_norm)
+            # The mean over the global batch (all ranks); also syncs, so the step time is real.
+            self.loss_value, rows = distributed.global_mean(loss, len(batch["labels"]),
+                                                            self.ctx.dist)
+            if not math.isfinite(self.loss_value):
+                raise NonFiniteLoss(f"loss is {self.loss_value} at step {self.step + 1}; the "
+                                    f"weights were not updated (last checkpoint: "
+                                    f"{(self.last_checkpoint or {}).get('step', 'none')})")
+            apply_update(self.optimizer, trainable, cfg.max_grad_norm)
         self.scheduler.step()
         self.train_s += time.perf_counter() - t
         self.step += 1

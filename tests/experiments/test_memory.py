@@ -1,4 +1,5 @@
-"""The memory ledger against the lecture's formulas, the activation peak, and the 12N optimizer."""
+"""The memory ledger, the activation peak, the 12N optimizer, and the measured step through the
+harness and `make memory` (the step tracker itself: test_memtrack.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from experiments.config import Config, resolve
 from experiments.memory import FirstStepProbe, SavedTensorPeak, model_state, predict, unique_bytes
-from experiments.optim import Mixed12nAdamW
+from experiments.optim import CHUNK, Mixed12nAdamW
 from experiments.train import Context, build_optimizer
 from methods import METHODS
 
@@ -248,8 +249,8 @@ def test_mixed_12n_trains_like_fp32_adamw(tiny: Any) -> None:
 
 @pytest.fixture(scope="module")
 def harness_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A few steps of full (fp32), full (mixed-12n) and head through `run`, with the W&B summary
-    each run handed to the tracker."""
+    """A few steps of full (fp32; mixed-12n; foreach AdamW) and head through `run`, with the W&B
+    summary each run handed to the tracker."""
     from experiments import tracking
     from experiments.train import run
 
@@ -268,31 +269,61 @@ def harness_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         mp.setattr(tracking.Tracker, "finish", capture)
         for key, extra in (("full", ["method=full", "precision=fp32"]),
                            ("full-12n", ["method=full", "precision=mixed-12n"]),
+                           ("full-foreach", ["method=full", "precision=fp32",
+                                             "optimizer_impl=foreach"]),
                            ("head", ["method=head", "precision=fp32"])):
             out[key] = (run(resolve([*base, *extra])), summaries[-1])
     return out
 
 
-MEMORY_KEYS = ("weights_bytes", "weights_by_dtype", "grads_bytes", "optimizer_bytes",
+MEMORY_KEYS = ("measured_peak_bytes", "measured_at_peak", "measured_max",
+               "measured_state_peak_bytes", "measured_at_state_peak", "state_vs_predicted",
+               "optimizer_temporaries_at_state_peak", "measured_method", "measured_step",
+               "weight_casts_bytes", "optimizer_impl", "rss_growth_bytes", "rss_method",
+               "weights_bytes", "weights_by_dtype", "grads_bytes", "optimizer_bytes",
                "trainable_state_bytes", "activations_peak_bytes", "activations_method",
-               "device_peak_bytes", "peak_bytes", "peak_method", "predicted_bytes",
-               "predicted_formula", "ledger_vs_predicted", "buffers_excluded", "ledger_method",
-               "N", "M")
-SUMMARY_KEYS = ("memory/weights_bytes", "memory/grads_bytes", "memory/optimizer_bytes",
-                "memory/activations_peak_bytes", "memory/device_peak_bytes",
-                "memory/predicted_bytes", "memory/ledger_vs_predicted", "memory/peak_bytes")
+               "predicted_bytes", "predicted_formula", "ledger_vs_predicted", "buffers_excluded",
+               "ledger_method", "N", "M")
+SUMMARY_KEYS = ("memory/measured_peak_bytes", "memory/measured_state_peak_bytes",
+                "memory/state_vs_predicted", "memory/predicted_bytes",
+                "memory/activations_peak_bytes", "memory/weight_casts_bytes",
+                "memory/weights_bytes", "memory/grads_bytes", "memory/optimizer_bytes",
+                "memory/ledger_vs_predicted", "memory/rss_growth_bytes")
 
 
-@pytest.mark.parametrize("key", ["full", "full-12n", "head"])
+@pytest.mark.parametrize("key", ["full", "full-12n", "full-foreach", "head"])
 def test_every_record_has_the_memory_fields(harness_runs: dict[str, Any], key: str) -> None:
     record, summary = harness_runs[key]
     mem = record["memory"]
     assert set(MEMORY_KEYS) <= set(mem)
     assert set(SUMMARY_KEYS) <= set(summary)
-    assert mem["ledger_vs_predicted"] == 1.0
-    assert mem["device_peak_bytes"] == mem["peak_bytes"] == summary["memory/peak_bytes"]
-    assert "approximate" in mem["peak_method"]  # CPU here
+    assert mem["ledger_vs_predicted"] == 1.0  # the cross-check: by construction
+    assert mem["measured_step"] == 2  # the optimizer state exists before the measured step
+    assert mem["measured_peak_bytes"] == sum(mem["measured_at_peak"].values())
+    assert mem["measured_state_peak_bytes"] <= mem["measured_peak_bytes"]
+    assert mem["activations_peak_bytes"] == mem["measured_max"]["activations"] > 0
+    assert mem["weight_casts_bytes"] == (0 if record["precision"] == "fp32" else
+                                         mem["measured_max"]["weight_casts"])
+    # The CPU resident set is labelled approximate and never called a peak.
+    assert "approximate" in mem["rss_method"]
+    assert not {"peak_bytes", "device_peak_bytes", "peak_method"} & set(mem)
     assert mem["N"] == record["params"]["total"] and mem["M"] == record["params"]["trainable"]
+
+
+def test_the_formulas_hold_with_fused_adamw_and_fail_with_foreach(
+        harness_runs: dict[str, Any]) -> None:
+    ratio = {k: harness_runs[k][0]["memory"]["state_vs_predicted"] for k in harness_runs}
+    impl = {k: harness_runs[k][0]["memory"]["optimizer_impl"] for k in harness_runs}
+    assert impl == {"full": "fused", "full-12n": "loop", "full-foreach": "foreach",
+                    "head": "fused"}
+    assert ratio["full"] == pytest.approx(1.0, abs=0.001)
+    assert ratio["head"] == pytest.approx(1.0, abs=0.001)
+    assert ratio["full-foreach"] > ratio["full"] + 0.2  # sqrt(exp_avg_sq): 4N more, 20N
+    # The 12N update's fp32 temporaries: gradient, momentum and denominator of one chunk.
+    mem = harness_runs["full-12n"][0]["memory"]
+    temporaries = mem["measured_at_state_peak"]["optimizer_temporaries"]
+    assert mem["measured_state_peak_bytes"] == mem["predicted_bytes"] + temporaries
+    assert 0 < temporaries <= 3 * 4 * CHUNK
 
 
 def test_harness_wires_the_precision(harness_runs: dict[str, Any]) -> None:
@@ -307,16 +338,42 @@ def test_harness_wires_the_precision(harness_runs: dict[str, Any]) -> None:
     assert head["activations_peak_bytes"] * 50 < full["activations_peak_bytes"]
 
 
-def test_memory_table_rows_and_csv(harness_runs: dict[str, Any], tmp_path: Path) -> None:
-    from experiments.memory_table import format_table, row, run_list, write_csv
+def test_memory_table_rows_csv_notes_and_figure(harness_runs: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    from experiments.memory_table import (
+        CSV_FIELDS,
+        format_table,
+        notes,
+        plot_breakdown,
+        row,
+        run_list,
+        write_csv,
+    )
 
-    rows = [row(harness_runs[k][0]) for k in ("full", "full-12n", "head")]
+    rows = [row(harness_runs[k][0]) for k in ("full", "full-12n", "full-foreach", "head")]
     text = format_table(rows)
-    assert text.count("1.00") == 3 and "12N" in text and "mixed-12n" in text
+    assert "12N" in text and "mixed-12n" in text and "foreach" in text and "4N+16M" in text
     write_csv(rows, tmp_path / "t.csv")
     lines = (tmp_path / "t.csv").read_text().splitlines()
-    assert lines[0].startswith("method,precision,N,M") and len(lines) == 4
-    assert [label for label, _ in run_list()] == [*METHODS, "full"]
+    assert lines[0] == ",".join(CSV_FIELDS) == (
+        "method,optimizer_impl,precision,formula,predicted_bytes,measured_state_peak_bytes,"
+        "state_vs_predicted,activations_peak_bytes,measured_peak_bytes")
+    assert len(lines) == 5 and lines[1].startswith("full,fused,fp32,16N,")
+    explained = notes(rows)
+    assert "full foreach fp32: 1.2" in explained and "_foreach_sqrt" in explained
+    assert "full fused fp32" not in explained and "head fused" not in explained
+    paths = plot_breakdown(rows, tmp_path / "reports")
+    assert [p.name for p in paths] == ["memory_breakdown.png", "memory_breakdown.svg"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    labels = [label for label, _ in run_list()]
+    for must in ("head", "embedding", "soft_prompt", "lora (attention)", "lora (mlp)",
+                 "lora (all)", "full"):
+        assert must in labels
+    args = [tuple(extra) for _, extra in run_list()]
+    assert ("method=full", "precision=fp32", "optimizer_impl=foreach") in args
+    assert ("method=full", "precision=mixed-12n") in args
+    assert ("method=lora", "lora.targets=all", "optimizer_impl=foreach") in args
+    assert {a[0].removeprefix("method=") for a in args} == set(METHODS)  # the registry drives
 
 
 def test_make_memory_entry_point_runs_each_method_in_its_own_process(
@@ -327,23 +384,31 @@ def test_make_memory_entry_point_runs_each_method_in_its_own_process(
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child process: see _one_thread
     out = tmp_path / "table.csv"
     assert memory_table.main(["model=tiny-bert", "train_size=32", "eval_size=8",
-                              "--out", str(out)]) == 0
+                              "--out", str(out), "--reports", str(tmp_path / "rep")]) == 0
     printed = capsys.readouterr().out
-    assert "4N+16M" in printed and " 1.00 " in printed and "approximate" in printed
-    assert out.read_text().splitlines()[1].startswith("head,fp32,")
+    assert "4N+16M" in printed and " 1.000 " in printed
+    assert out.read_text().splitlines()[1].startswith("head,fused,fp32,4N+16M,")
+    assert (tmp_path / "rep" / "memory_breakdown.svg").exists()
     assert memory_table.main(["model=tiny-bert", "no_such_key=1", "--out", str(out)]) == 2
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16-mixed", "mixed-12n"])
-def test_cuda_device_peak_covers_the_ledger(tmp_path: Path, precision: str) -> None:
-    """On CUDA the allocator's peak is exact and absolute: at least weights + grads + state."""
+def test_cuda_step_is_measured_both_ways(tmp_path: Path, precision: str) -> None:
+    """On CUDA the allocator's maximum over the measured step sits beside the tracker's peak:
+    at least as large (it rounds blocks up and sees kernels' scratch), not far above."""
     from experiments.train import run
 
     record = run(resolve(["method=full", "model=tiny-bert", "train_size=64", "eval_size=16",
-                          "max_steps=2", "batch_size=16", "device=cuda", f"precision={precision}",
+                          "max_steps=3", "batch_size=16", "device=cuda", f"precision={precision}",
                           "wandb=disabled", "progress=false", f"runs_dir={tmp_path}"]))
     mem = record["memory"]
     assert mem["ledger_vs_predicted"] == 1.0
-    assert "max_memory_allocated" in mem["peak_method"]
-    assert mem["reserved_peak_bytes"] >= mem["device_peak_bytes"] >= mem["ledger_bytes"]
+    assert mem["weight_casts_bytes"] > 0  # autocast's bf16 copies, apart from activations
+    assert mem["cuda_max_allocated_bytes"] >= 0.99 * mem["measured_peak_bytes"]
+    assert mem["cuda_vs_measured"] == mem["cuda_max_allocated_bytes"] / mem["measured_peak_bytes"]
+    assert mem["cuda_vs_measured"] < 2.0
+    assert mem["cuda_run_max_allocated_bytes"] >= mem["cuda_max_allocated_bytes"]
+    assert mem["optimizer_impl"] == ("fused" if precision == "bf16-mixed" else "loop")
+    assert mem["state_vs_predicted"] == pytest.approx(1.0, abs=0.03 if precision == "bf16-mixed"
+                                                      else 0.5)

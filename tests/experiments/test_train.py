@@ -32,7 +32,7 @@ def test_run_writes_record_history_and_wandb(runs_dir: Path) -> None:
     assert on_disk["metrics"]["test/n"] == 48
     assert on_disk["steps"] == 12  # 96 / 16 * 2 epochs
     assert on_disk["params"]["trainable"] == on_disk["params"]["total"]
-    assert on_disk["memory"]["peak_method"] and on_disk["time"]["train_s"] > 0
+    assert on_disk["memory"]["measured_method"] and on_disk["time"]["train_s"] > 0
     env = on_disk["env"]
     assert env["torch"] and env["transformers"] and "git_commit" in env
     # per-step history: train/loss every log_every steps, val/accuracy every eval_every
