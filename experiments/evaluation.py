@@ -1,7 +1,9 @@
-"""Evaluation: accuracy (and macro-F1) over a split, sharded across ranks and gathered."""
+"""Evaluation: accuracy (and macro-F1) over a split, sharded across ranks and gathered, with
+the per-example predictions behind them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,16 +14,46 @@ from experiments import distributed
 from experiments.distributed import DistInfo
 
 
+@dataclass
+class Predictions:
+    """Per-example results over a split, in the split's order."""
+
+    example: np.ndarray  # the example's index in the split
+    label: np.ndarray
+    predicted: np.ndarray  # the argmax of the logits
+    probs: np.ndarray  # (examples, classes), softmax of the logits in fp32
+
+    def frame(self) -> Any:
+        """The predictions file's table (columns named in experiments/record.py)."""
+        import pandas as pd
+
+        from experiments import record as R
+
+        cols = {R.PRED_EXAMPLE: self.example, R.PRED_LABEL: self.label,
+                R.PRED_PREDICTED: self.predicted}
+        cols.update({f"{R.PRED_PROB_PREFIX}{k}": self.probs[:, k]
+                     for k in range(self.probs.shape[1])})
+        return pd.DataFrame(cols)
+
+
+class Evaluation(dict):
+    """The metrics of a split (a dict: accuracy, n, macro_f1) with `.predictions` attached."""
+
+    predictions: Predictions
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Any,
-             num_labels: int) -> dict[str, float]:
-    """Accuracy (and macro-F1 with more than two classes) over a whole split.
+             num_labels: int) -> Evaluation:
+    """Accuracy (and macro-F1 with more than two classes) over a whole split, and the
+    per-example predictions (`.predictions`).
 
     Under several processes each rank sees its shard (`distributed.eval_loader`); predictions
-    are gathered so every example counts exactly once."""
+    are gathered with their example indices and put back in the split's order, so every
+    example counts exactly once."""
     was_training = model.training
     model.eval()
-    preds, labels = [], []
+    probs, preds, labels = [], [], []
     real = getattr(loader, "real_sizes", None)  # rows of each batch that are not padding
     for i, batch in enumerate(loader):
         batch = ctx.to_device(batch)
@@ -29,12 +61,18 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Any,
         with ctx.autocast():
             logits = model(**batch).logits
         keep = len(y) if real is None else real[i]
+        probs.append(logits.float().softmax(-1).cpu()[:keep])
         preds.append(logits.argmax(-1).cpu()[:keep])
         labels.append(y.cpu()[:keep])
     model.train(was_training)
-    pred, true = torch.cat(preds), torch.cat(labels)
-    pred, true = distributed.gather_rows(pred, ctx.dist), distributed.gather_rows(true, ctx.dist)
-    return classification_metrics(pred.numpy(), true.numpy(), num_labels)
+    prob, pred, true = torch.cat(probs), torch.cat(preds), torch.cat(labels)
+    ids = torch.as_tensor(getattr(loader, "example_ids", range(len(true))), dtype=torch.long)
+    ids, prob, pred, true = (distributed.gather_rows(t, ctx.dist) for t in (ids, prob, pred, true))
+    order = ids.argsort()
+    result = Predictions(*(t[order].numpy() for t in (ids, true, pred, prob)))
+    out = Evaluation(classification_metrics(result.predicted, result.label, num_labels))
+    out.predictions = result
+    return out
 
 
 def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) -> dict[str, float]:
@@ -67,10 +105,12 @@ def eval_batches(n: int, batch: int, rank: int, world: int) -> tuple[list[list[i
 
 def eval_loader(dataset: Any, batch: int, collate: Any, info: DistInfo,
                 generator: torch.Generator) -> DataLoader:
-    """A loader over this rank's share of a split; `real_sizes` marks padding rows."""
+    """A loader over this rank's share of a split; `real_sizes` marks padding rows and
+    `example_ids` names the real rows' indices in the split, in the order they come."""
     if not info.enabled:
         return DataLoader(dataset, batch_size=batch, collate_fn=collate, generator=generator)
     batches, real = eval_batches(len(dataset), batch, info.rank, info.world)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=generator)
     loader.real_sizes = real
+    loader.example_ids = [i for b, r in zip(batches, real, strict=True) for i in b[:r]]
     return loader

@@ -152,7 +152,7 @@ WANDB = "wandb"
 # Config keys that change where or how a run is reported, not what it computes: the config hash
 # leaves them out, so the seeds of one experiment share a hash, and analysis groups by it.
 NOT_HASHED = ("name", "runs_dir", "wandb", "wandb_project", "progress", "seed",
-              "checkpoint_every", "keep_checkpoint", "resume")
+              "checkpoint_every", "keep_checkpoint", "resume", "save")
 
 # config.* keys readers compare runs by (the harness's Config fields; a method's own options
 # nest under its name, e.g. config.lora.rank).
@@ -203,3 +203,18 @@ PRED_EXAMPLE = "example"  # the example's index in the test split (the same acro
 PRED_LABEL = "label"
 PRED_PREDICTED = "predicted"
 PRED_PROB_PREFIX = "prob_"  # prob_0, prob_1, ...: class probabilities
+
+# artifacts.*: what a finished run leaves behind besides the record (`save=auto`; issue 15).
+# `runs/<run_id>/model/` holds the trained model in the formats its users' tools load, and a
+# manifest that says how to rebuild it (`experiments.artifacts`, `make predict`).
+C_SAVE = "save"  # config key: auto (save the model) | none
+MODEL_DIR = "model"
+MANIFEST_FILE = "manifest.json"
+ARTIFACT_FILES = "files"  # {path relative to the run folder: size in bytes}
+ARTIFACT_TOTAL_BYTES = "total_bytes"
+ARTIFACT_FORMATS = "formats"  # {what: path relative to the run folder}, e.g. peft: model/peft
+
+# data.*: how the splits were made, and what was dropped before splitting.
+D_SPLIT = "split"
+D_DUPLICATES_DROPPED = "duplicates_dropped"
+D_UNLABELLED_DROPPED = "unlabelled_dropped"  # rows without a label in a labelled split
