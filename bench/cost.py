@@ -23,6 +23,7 @@ def variants(s: Settings) -> list[tuple[str, str, list[str]]]:
         ("lora attention r=8", "lora", ["lora.targets=attention", "lora.rank=8"]),
         ("lora mlp r=8", "lora", ["lora.targets=mlp", "lora.rank=8"]),
         ("lora all r=8", "lora", ["lora.targets=all", "lora.rank=8"]),
+        ("dora all r=8", "dora", ["dora.targets=all", "dora.rank=8"]),
         (BASELINE, "full", []),
         ("full mixed-12n", "full", ["precision=mixed-12n"]),
     ]

@@ -11,7 +11,8 @@ import pytest
 from bench import cli
 
 LABELS = ["head (cached features)", "head (uncached)", "embedding", "soft_prompt (20 tokens)",
-          "lora attention r=8", "lora mlp r=8", "lora all r=8", "full", "full mixed-12n"]
+          "lora attention r=8", "lora mlp r=8", "lora all r=8", "dora all r=8", "full",
+          "full mixed-12n"]
 
 
 @pytest.fixture(scope="module")
