@@ -42,6 +42,16 @@ experiment: $(STAMP) ## train one run: METHOD= DATA= MODEL= ARGS="key=value ..."
 	$(RUN) -m experiments.train method=$(METHOD) \
 		$(if $(DATA),data=$(DATA)) $(if $(MODEL),model=$(MODEL)) $(ARGS)
 
+# RUN, TEXT and FILE reach the command through the environment (make exports command-line
+# variables), so quotes and spaces in a text arrive as typed.
+RUN ?=
+TEXT ?=
+FILE ?=
+.PHONY: predict
+predict: $(STAMP) ## label + probability per text from a saved run: RUN=<run_id|folder> TEXT="..." or FILE=<one text per line>
+	@$(BIN)/python -m experiments.predict "$$RUN" $(if $(TEXT),--text "$$TEXT") \
+		$(if $(FILE),--file "$$FILE") $(ARGS)
+
 test: $(STAMP) ## run the whole test suite (CPU)
 	@# pytest exits 5 when it collected no test: not a failure.
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc

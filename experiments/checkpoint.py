@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments import record as R
 from experiments.distributed import DistInfo
 from experiments.parallel import unwrap
 
@@ -140,9 +141,10 @@ def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opti
     return state["progress"]
 
 
-def find_resumable(runs_dir: Path, resume: str, hash_: str) -> Path:
+def find_resumable(runs_dir: Path, resume: str, hash_: str, seed: int | None = None) -> Path:
     """The run folder `resume` names: a run id, or `auto` = the newest unfinished run with a
-    checkpoint and this config hash. Raises UserError when there is none."""
+    checkpoint, this config hash and this seed (the hash leaves the seed out, so that seeds of
+    one experiment share it). Raises UserError when there is none."""
     from experiments.config import UserError
 
     if resume != "auto":
@@ -158,11 +160,12 @@ def find_resumable(runs_dir: Path, resume: str, hash_: str) -> Path:
             rec = json.loads(record_path.read_text())
         except (OSError, ValueError):
             continue
-        if (rec.get("config_hash") == hash_ and rec.get("status") != "finished"
+        same_seed = seed is None or (rec.get(R.CONFIG) or {}).get(R.C_SEED) == seed
+        if (rec.get("config_hash") == hash_ and same_seed and rec.get("status") != "finished"
                 and load_progress_step(record_path.parent) is not None):
             return record_path.parent
-    raise UserError(f"resume=auto: no unfinished run with a checkpoint and this config in "
-                    f"{runs_dir}; drop resume= to start a new run")
+    raise UserError(f"resume=auto: no unfinished run with a checkpoint, this config and "
+                    f"seed={seed} in {runs_dir}; drop resume= to start a new run")
 
 
 def load_progress_step(run_dir: Path) -> int | None:

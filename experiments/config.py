@@ -36,6 +36,7 @@ POOLINGS = ("mean", "cls", "last")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 DIST_STRATEGIES = ("none", "ddp", "fsdp")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")  # see experiments/optim.py
+SAVE_MODES = ("auto", "none")
 
 
 @dataclass
@@ -79,7 +80,9 @@ class Config:
     keep_checkpoint: bool = _f(False, "keep the checkpoint of a finished run (it is always kept "
                                "for failed and cancelled runs)")
     resume: str = _f("", "continue a run: its run_id, or auto (the latest unfinished run with "
-                     "this config)")
+                     "this config and seed)")
+    save: str = _f("auto", "auto: a finished run saves its trained model under runs/<id>/model/ "
+                   "(make predict loads it); none: only the record and predictions")
     dist: str = _f("none", "several processes (under torchrun): ddp (the default there) or fsdp "
                    "(full and lora); none = one process")
     method_cfg: Any = field(default=None, repr=False, metadata={"doc": "the method's options"})
@@ -220,6 +223,7 @@ def validate(cfg: Config) -> None:
     _choice("wandb", cfg.wandb, WANDB_MODES)
     _choice("dist", cfg.dist, DIST_STRATEGIES)
     _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
+    _choice("save", cfg.save, SAVE_MODES)
     for key in ("batch_size", "eval_batch_size", "max_length", "log_every"):
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key}={getattr(cfg, key)} must be a positive integer")

@@ -51,6 +51,8 @@ class Tracker:
         self.metrics_file = open(self.metrics_path, "a")  # noqa: SIM115 (closed in finish)
         self.wandb: Any = None
         self.wandb_info: dict[str, Any] = {"mode": mode}
+        if resume:
+            self.wandb_info[R.RESUMED] = True
         if mode != "disabled":
             self._start_wandb(config, group, mode, project, resume)
 
@@ -89,6 +91,10 @@ class Tracker:
               resume: bool) -> Any:
         import wandb
 
+        # A resumed run continues the same W&B run: the same id and run folder, resume="allow".
+        # Online, W&B appends to it. Offline, W&B cannot resume (wandb 0.31): it writes a second
+        # offline-run-*-<id> folder whose run record is marked `resume`, and `wandb sync` of
+        # both uploads them in order of start time into the one run.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return wandb.init(

@@ -113,6 +113,7 @@ class NonFiniteLoss(RuntimeError):
 
 def run(cfg: Config) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the record (also written to disk)."""
+    from experiments.artifacts import save_run
     from experiments.backbones import load_backbone
     from experiments.data import load_data
     from experiments.io import atomic_write_json
@@ -123,7 +124,7 @@ def run(cfg: Config) -> dict[str, Any]:
     runs_dir = R.runs_dir(cfg.runs_dir)
     previous: dict[str, Any] | None = None
     if cfg.resume:
-        run_dir = checkpoint.find_resumable(runs_dir, cfg.resume, config_hash(cfg))
+        run_dir = checkpoint.find_resumable(runs_dir, cfg.resume, config_hash(cfg), cfg.seed)
         previous = json.loads((run_dir / R.RECORD_FILE).read_text())
         # The saved config is the run's; only how it reports may change on resume.
         keep = {k: getattr(cfg, k) for k in ("progress", "wandb", "runs_dir")}
@@ -176,6 +177,9 @@ def run(cfg: Config) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     try:
         summary = loop.run(splits, collate)
+        # What the run leaves behind: test predictions and (save=auto) the trained model.
+        record[R.ARTIFACTS] = save_run(loop.model, run_dir, cfg, bundle.label_names, model_info,
+                                       loop.test_predictions, info)
         record[R.STATUS] = R.FINISHED
     except KeyboardInterrupt:
         record[R.STATUS] = R.CANCELLED
@@ -214,6 +218,7 @@ class Loop:
         self.val_history: list[dict[str, Any]] = []
         self.loss_value = float("nan")
         self.last_checkpoint: dict[str, Any] | None = None
+        self.test_predictions: Any = None  # experiments.evaluation.Predictions, after test
         self.optimizer: Any = None
         self.scheduler: Any = None
 
@@ -348,6 +353,7 @@ class Loop:
         t = time.perf_counter()
         test = evaluate(parallel.eval_model(self.model, self.ctx.dist), test_loader, self.ctx,
                         self.num_labels)
+        self.test_predictions = test.predictions
         self.eval_s += time.perf_counter() - t
         metrics = {R.TEST_ACCURACY: test["accuracy"], R.VAL_ACCURACY: last["accuracy"],
                    R.VAL_BEST_ACCURACY: max(v["accuracy"] for v in self.val_history),

@@ -8,7 +8,12 @@ A method is a module with:
 - `apply(model, cfg) -> dict`: add modules and set `requires_grad` on the `Classifier`; the
   returned dict goes into the run record as `method_info`;
 - optionally `prepare_data(model, splits, collate, cfg, ctx)`: a hook the harness calls once
-  before training (the head method uses it to cache frozen features).
+  before training (the head method uses it to cache frozen features);
+- optionally `save(model, dir) -> dict` and `load(model, dir)`: the trained model in the format
+  its users' tools load (LoRA: a PEFT folder), returning {what: path inside `dir`}; `load` puts
+  it back into a model `apply` prepared. A `backbone` entry names a `save_pretrained` folder the
+  rebuilt model starts from (full fine-tuning). Without them the harness saves every trained
+  tensor by name (`experiments.artifacts`).
 
 Methods know nothing of the training loop, the records or the reports: the harness imports
 them, never the reverse.

@@ -127,3 +127,4 @@ def apply(model: nn.Module, cfg: Config) -> dict:
 lr_scales = lora.lr_scales  # LoRA+ on DoRA: B at lr_ratio times the lr, magnitudes at the lr
 merge, unmerge = lora.merge, lora.unmerge
 save_adapter, load_adapter, export_peft = lora.save_adapter, lora.load_adapter, lora.export_peft
+save, load = lora.save, lora.load  # harness hooks: adapter file + PEFT folder

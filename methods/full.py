@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
+
+from methods.base import MethodError
 
 # Chosen on rotten_tomatoes validation: 5e-5 for 2 epochs is the usual BERT-family setting and
 # reached 0.85 validation accuracy; 1e-4 was no better and 2e-5 needed a third epoch.
 PRESET = {"lr": 5e-5, "epochs": 2}
+
+BACKBONE_DIR = "backbone"
+HEAD_FILE = "head.safetensors"
 
 
 @dataclass
@@ -21,3 +27,35 @@ def apply(model: nn.Module, cfg: Config) -> dict:
     for p in model.parameters():
         p.requires_grad_(True)
     return {"trains": "every parameter (backbone and head)"}
+
+
+def save(model: nn.Module, out_dir: str | Path) -> dict[str, str]:
+    """Harness hook: the whole backbone as transformers saves it (`save_pretrained`, with the
+    tokenizer, so `AutoModel.from_pretrained` loads it) and the head; paths inside `out_dir`."""
+    from safetensors.torch import save_file
+    from transformers.utils import logging
+
+    out = Path(out_dir)
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # a bar per shard written would interleave with the run's
+    try:
+        model.backbone.save_pretrained(out / BACKBONE_DIR)
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+    tokenizer = getattr(model, "tokenizer", None)  # set by the harness's backbone loader
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out / BACKBONE_DIR)
+    save_file({f"classifier.{n}": p.detach().cpu().clone()
+               for n, p in model.classifier.named_parameters()}, str(out / HEAD_FILE))
+    return {"backbone": BACKBONE_DIR, "head": HEAD_FILE}
+
+
+def load(model: nn.Module, in_dir: str | Path) -> None:
+    """Harness hook: the head `save` wrote (the backbone was loaded from its folder)."""
+    from safetensors.torch import load_file
+
+    path = Path(in_dir) / HEAD_FILE
+    unexpected = model.load_state_dict(load_file(str(path)), strict=False).unexpected_keys
+    if unexpected:
+        raise MethodError(f"{path}: {unexpected[0]} is not a head tensor of this model")

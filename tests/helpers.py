@@ -45,7 +45,8 @@ def read_wandb_file(path: str | Path) -> dict[str, Any]:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["run"] = {"id": rec.run.run_id, "project": rec.run.project,
-                          "group": rec.run.run_group, "job_type": rec.run.job_type}
+                          "group": rec.run.run_group, "job_type": rec.run.job_type,
+                          "resume": rec.run.resume}
             out["config"] = {i.key: json.loads(i.value_json) for i in rec.run.config.update}
         elif kind == "summary":
             out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
