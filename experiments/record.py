@@ -218,3 +218,4 @@ ARTIFACT_FORMATS = "formats"  # {what: path relative to the run folder}, e.g. pe
 D_SPLIT = "split"
 D_DUPLICATES_DROPPED = "duplicates_dropped"
 D_UNLABELLED_DROPPED = "unlabelled_dropped"  # rows without a label in a labelled split
+D_UNLABELLED_SPLITS = "unlabelled_splits"  # hub splits without labels, never evaluated on
