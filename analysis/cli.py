@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from analysis import results
+from experiments import record
 
 EXIT_NO_RUNS = 2  # as the harness's user errors: nothing was written, and the message says why
 
 
 def no_runs_message(where: str) -> str:
     """What to say when there is nothing to analyse."""
-    return (f"no run records found in {where} (looked for */record.json); train some first, "
-            "e.g. `make experiment METHOD=head`, or point RUNS_DIR at them")
+    return (f"no run records found in {where} (looked for */{record.RECORD_FILE}); train some "
+            "first, e.g. `make experiment METHOD=head`, or point RUNS_DIR at them")
 
 
 def parse_args(argv: list[str] | None, prog: str, doc: str | None) -> argparse.Namespace:
@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None, prog: str, doc: str | None) -> argparse.N
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs_dir", nargs="?", default=None,
                         help="folder of run records (default: $RUNS_DIR or ./runs)")
-    parser.add_argument("--reports-dir", default=os.environ.get("REPORTS_DIR") or "reports",
+    parser.add_argument("--reports-dir", default=str(record.reports_dir()),
                         help="output folder (default: $REPORTS_DIR or ./reports)")
     parser.add_argument("--source", choices=("records", "wandb"), default="records",
                         help="read local records or the W&B API ($WANDB_ENTITY/$WANDB_PROJECT)")
@@ -39,7 +39,7 @@ def load_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         entity, project = os.environ.get("WANDB_ENTITY"), os.environ.get("WANDB_PROJECT")
         where = f"W&B project {entity + '/' if entity else ''}{project or 'tunebench'}"
         return results.load_wandb(), where
-    runs_dir = Path(args.runs_dir) if args.runs_dir else results.default_runs_dir()
+    runs_dir = record.runs_dir(args.runs_dir)
     return results.load_records(runs_dir), str(runs_dir)
 
 

@@ -5,8 +5,10 @@
     df = results.load(source="wandb")            # $WANDB_ENTITY / $WANDB_PROJECT
     agg = results.aggregate(results.finished(df))  # one row per config_hash, mean/std/n/95% CI
 
-Columns are the record's keys flattened with dots: `metrics.test/accuracy`, `params.trainable`,
-`memory.optimizer_bytes`, `config.lora.rank`. Lists (`val_history`) stay as Python objects.
+Columns are the record's keys flattened with dots (`experiments.record.col`):
+`metrics.test/accuracy`, `params.trainable`, `memory.measured_peak_bytes`, `config.lora.rank`.
+The names analysis reads are the constants below, built from `experiments.record`, the one place
+the keys are spelled. Lists (`val_history`) stay as Python objects.
 """
 
 from __future__ import annotations
@@ -16,30 +18,65 @@ import math
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from analysis.style import method_rank
+from experiments import record as R
+from experiments.record import col, method_rank
 
-# The record versions this code reads; a newer schema is skipped with a warning, not misread.
-SUPPORTED_SCHEMAS = (1,)
-REQUIRED_KEYS = ("run_id", "method", "config_hash")
-ACCURACY = "metrics.test/accuracy"
-MEASURED = "memory.measured_bytes"  # derived: see with_derived
-# What `aggregate` summarises across seeds (those present; the memory ledger may be absent).
+# Columns every view reads (flattened record keys).
+ACCURACY = col(R.METRICS, R.TEST_ACCURACY)
+VAL_ACCURACY = col(R.METRICS, R.VAL_ACCURACY)
+VAL_BEST = col(R.METRICS, R.VAL_BEST_ACCURACY)
+MACRO_F1 = col(R.METRICS, R.TEST_MACRO_F1)
+TRAINABLE = col(R.PARAMS, R.P_TRAINABLE)
+TOTAL = col(R.PARAMS, R.P_TOTAL)
+HEAD_PARAMS = col(R.PARAMS, R.P_HEAD)
+# Memory. MEASURED is the exact peak of live tensor bytes over one training step; CUDA_MAX and
+# RSS_GROWTH are process-level figures (the allocator's maximum; the CPU resident set's growth,
+# sampled and approximate), which no view calls the peak.
+MEASURED = col(R.MEMORY, R.MEASURED_PEAK_BYTES)
+MEASURED_AT_PEAK = col(R.MEMORY, R.MEASURED_AT_PEAK)  # + ".<category>": bytes live at the peak
+MEASURED_STATE = col(R.MEMORY, R.MEASURED_STATE_PEAK_BYTES)
+STATE_VS_PREDICTED = col(R.MEMORY, R.STATE_VS_PREDICTED)
+WEIGHT_CASTS = col(R.MEMORY, R.WEIGHT_CASTS_BYTES)
+MEASURED_METHOD = col(R.MEMORY, R.MEASURED_METHOD)
+CUDA_MAX = col(R.MEMORY, R.CUDA_MAX_ALLOCATED_BYTES)
+RSS_GROWTH = col(R.MEMORY, R.RSS_GROWTH_BYTES)
+PEAK = col(R.MEMORY, R.PEAK_BYTES)
+DEVICE_PEAK = col(R.MEMORY, R.DEVICE_PEAK_BYTES)
+PEAK_METHOD = col(R.MEMORY, R.PEAK_METHOD)
+WEIGHTS = col(R.MEMORY, R.WEIGHTS_BYTES)
+GRADS = col(R.MEMORY, R.GRADS_BYTES)
+OPTIMIZER = col(R.MEMORY, R.OPTIMIZER_BYTES)
+ACTIVATIONS = col(R.MEMORY, R.ACTIVATIONS_PEAK_BYTES)
+PREDICTED = col(R.MEMORY, R.PREDICTED_BYTES)
+PREDICTED_FORMULA = col(R.MEMORY, R.PREDICTED_FORMULA)
+TRAIN_S = col(R.TIME, R.TRAIN_S)
+PREPARE_S = col(R.TIME, R.PREPARE_S)
+FIT_S = col(R.TIME, R.FIT_S)  # derived: see with_derived
+EVAL_S = col(R.TIME, R.EVAL_S)
+TOTAL_S = col(R.TIME, R.TOTAL_S)
+SAMPLES_PER_S = col(R.TIME, R.SAMPLES_PER_S)
+SEED = col(R.CONFIG, R.C_SEED)
+GIT_COMMIT = col(R.ENV, R.GIT_COMMIT)
+# Columns analysis adds to each row: where it came from.
+SOURCE = "source"
+RECORD_FILE = "record_file"
+
+# What `aggregate` summarises across seeds (those present; older records lack the new memory
+# keys), plus every `memory.measured_at_peak.<category>` column.
 STAT_COLUMNS = (
-    "metrics.test/accuracy", "metrics.val/accuracy", "metrics.val/best_accuracy",
-    "metrics.test/macro_f1", MEASURED, "memory.peak_bytes", "memory.device_peak_bytes",
-    "memory.weights_bytes", "memory.grads_bytes", "memory.optimizer_bytes",
-    "memory.activations_peak_bytes", "memory.predicted_bytes", "time.train_s", "time.prepare_s",
-    "time.fit_s", "time.eval_s", "time.total_s", "time.train_samples_per_s",
+    ACCURACY, VAL_ACCURACY, VAL_BEST, MACRO_F1, MEASURED, MEASURED_STATE, WEIGHT_CASTS, CUDA_MAX,
+    RSS_GROWTH, WEIGHTS, GRADS, OPTIMIZER, ACTIVATIONS, PREDICTED, TRAIN_S, PREPARE_S, FIT_S,
+    EVAL_S, TOTAL_S, SAMPLES_PER_S,
 )
-# Config keys that say where a run was reported, not what it computed (as config_hash ignores).
-UNHASHED_CONFIG = ("seed", "name", "runs_dir", "wandb", "wandb_project", "progress")
 Warn = Callable[[str], None]
 
 
@@ -47,9 +84,12 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def default_runs_dir() -> Path:
-    """$RUNS_DIR, else ./runs (where the harness writes)."""
-    return Path(os.environ.get("RUNS_DIR") or "runs")
+def number(value: Any) -> float:
+    """A record value as a float: NaN for None, NaN, text and anything else that is no number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # None, pd.NA, lists, words
+        return math.nan
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -75,11 +115,12 @@ def read_record(path: Path, warn: Warn = _stderr) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         warn(f"warning: skipping {path}: not a JSON object")
         return None
-    if record.get("schema") not in SUPPORTED_SCHEMAS:
-        warn(f"warning: skipping {path}: schema {record.get('schema')!r} is not one of "
-             f"{list(SUPPORTED_SCHEMAS)} (update analysis/ to read it)")
+    schema = record.get(R.SCHEMA_KEY)
+    if schema not in R.SUPPORTED_SCHEMAS:
+        warn(f"warning: skipping {path}: schema {schema!r} is not one of "
+             f"{list(R.SUPPORTED_SCHEMAS)} (update analysis/ to read it)")
         return None
-    missing = [k for k in REQUIRED_KEYS if not record.get(k)]
+    missing = [k for k in R.REQUIRED_KEYS if not record.get(k)]
     if missing:
         warn(f"warning: skipping {path}: missing {', '.join(missing)}")
         return None
@@ -89,50 +130,50 @@ def read_record(path: Path, warn: Warn = _stderr) -> dict[str, Any] | None:
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame(columns=["run_id", "method", "config_hash", "status"])
-    df = df.sort_values("run_id", kind="stable").reset_index(drop=True)
+        return pd.DataFrame(columns=[R.RUN_ID, R.METHOD, R.CONFIG_HASH, R.STATUS])
+    df = df.sort_values(R.RUN_ID, kind="stable").reset_index(drop=True)
     return with_derived(df)
 
 
 def load_records(runs_dir: str | Path | None = None, warn: Warn = _stderr) -> pd.DataFrame:
     """Every usable `runs_dir/*/record.json` as one row; bad files are skipped with a warning."""
-    runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+    runs_dir = R.runs_dir(runs_dir)
     rows = []
-    for path in sorted(runs_dir.glob("*/record.json")):
+    for path in sorted(runs_dir.glob(f"*/{R.RECORD_FILE}")):
         record = read_record(path, warn)
         if record is not None:
-            rows.append({**flatten(record), "source": "records", "record_file": str(path)})
+            rows.append({**flatten(record), SOURCE: "records", RECORD_FILE: str(path)})
     return _frame(rows)
 
 
-_WANDB_STATUS = {"finished": "finished", "crashed": "failed", "failed": "failed",
-                 "killed": "cancelled", "running": "running"}
-# Summary keys `<group>/<name>` that belong to a record section rather than to `metrics`.
-_SUMMARY_SECTIONS = ("params", "memory", "time")
+_WANDB_STATUS = {"finished": R.FINISHED, "crashed": R.FAILED, "failed": R.FAILED,
+                 "killed": R.CANCELLED, "running": R.RUNNING}
+# Summary keys `<section>/<name>` that belong to a record section rather than to `metrics`.
+_SUMMARY_SECTIONS = (R.PARAMS, R.MEMORY, R.TIME)
 
 
 def _wandb_row(run: Any, history: bool) -> dict[str, Any]:
     config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
     summary = {k: v for k, v in dict(run.summary).items() if not k.startswith("_")}
     row: dict[str, Any] = {
-        "schema": 1, "run_id": run.name or run.id, "method": config.get("method"),
-        "experiment": getattr(run, "group", None) or config.get("method"),
-        "config_hash": config.pop("config_hash", None) or run.id,
-        "status": _WANDB_STATUS.get(getattr(run, "state", ""), getattr(run, "state", None)),
-        **flatten(config, "config."), "source": "wandb",
-        "env.wandb.path": "/".join(getattr(run, "path", []) or []) or None,
-        "env.wandb.url": getattr(run, "url", None),
+        R.SCHEMA_KEY: R.SCHEMA, R.RUN_ID: run.name or run.id, R.METHOD: config.get(R.METHOD),
+        R.EXPERIMENT: getattr(run, "group", None) or config.get(R.METHOD),
+        R.CONFIG_HASH: config.pop(R.CONFIG_HASH, None) or run.id,
+        R.STATUS: _WANDB_STATUS.get(getattr(run, "state", ""), getattr(run, "state", None)),
+        **flatten(config, f"{R.CONFIG}."), SOURCE: "wandb",
+        col(R.ENV, "wandb.path"): "/".join(getattr(run, "path", []) or []) or None,
+        col(R.ENV, "wandb.url"): getattr(run, "url", None),
     }
     for key, value in summary.items():
         if isinstance(value, dict):  # W&B keeps histograms and tables as dicts; not results
             continue
         section, _, name = key.partition("/")
-        row[f"{section}.{name}" if section in _SUMMARY_SECTIONS and name else f"metrics.{key}"] = (
-            value)
+        row[col(section, name) if section in _SUMMARY_SECTIONS and name
+            else col(R.METRICS, key)] = value
     if history:
-        rows = run.scan_history(keys=["val/accuracy"])
-        row["val_history"] = [{"step": int(r["_step"]), "accuracy": r["val/accuracy"]}
-                              for r in rows if r.get("val/accuracy") is not None]
+        rows = run.scan_history(keys=[R.VAL_ACCURACY])
+        row[R.VAL_HISTORY] = [{R.H_STEP: int(r["_step"]), R.H_ACCURACY: r[R.VAL_ACCURACY]}
+                              for r in rows if r.get(R.VAL_ACCURACY) is not None]
     return row
 
 
@@ -141,8 +182,9 @@ def load_wandb(entity: str | None = None, project: str | None = None, api: Any =
     """The same columns from the W&B API (config, summary and, optionally, val curves).
 
     W&B holds what the harness logs there: the config, the summary (accuracy, trainable and total
-    parameters, the `memory/*` ledger entries, train time) and the logged curves. Record-only
-    fields (method_info, model, data, provenance) are absent, and the plots skip what is missing.
+    parameters, the `memory/*` entries, train time) and the logged curves. Record-only fields
+    (method_info, model, data, provenance, per-example predictions) are absent, and the views
+    skip what is missing.
     """
     entity = entity or os.environ.get("WANDB_ENTITY")
     project = project or os.environ.get("WANDB_PROJECT") or "tunebench"
@@ -159,8 +201,8 @@ def load_wandb(entity: str | None = None, project: str | None = None, api: Any =
             warn(f"warning: skipping W&B run {getattr(run, 'id', '?')}: "
                  f"{type(exc).__name__}: {exc}")
             continue
-        if not row.get("method"):
-            warn(f"warning: skipping W&B run {row['run_id']}: no `method` in its config")
+        if not row.get(R.METHOD):
+            warn(f"warning: skipping W&B run {row[R.RUN_ID]}: no `method` in its config")
             continue
         rows.append(row)
     return _frame(rows)
@@ -178,70 +220,17 @@ def load(source: str = "records", runs_dir: str | Path | None = None,
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:
     """Only runs that finished (failed, cancelled and running ones have no final metrics)."""
-    if df.empty or "status" not in df:
+    if df.empty or R.STATUS not in df:
         return df
-    return df[df["status"] == "finished"].reset_index(drop=True)
+    return df[df[R.STATUS] == R.FINISHED].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- statistics across seeds
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                   -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betai(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    ln = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(ln) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(ln) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, dof: float) -> float:
-    """Student's t cumulative distribution function."""
-    tail = 0.5 * _betai(dof / 2.0, 0.5, dof / (dof + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, dof: float) -> float:
-    """Student's t quantile (scipy.stats.t.ppf) by bisection on the CDF; no scipy needed."""
-    if not 0.0 < p < 1.0 or dof <= 0:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and dof > 0, got p={p}, dof={dof}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, dof)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, dof) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, dof) < p else (lo, mid)
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, float]:
     """mean, sample std (ddof=1), n, and the t-distribution CI half-width (NaN when n < 2)."""
-    x = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+    x = np.asarray([v for v in map(number, values) if not math.isnan(v)], dtype=float)
     n = len(x)
     if n == 0:
         return {"mean": math.nan, "std": math.nan, "n": 0, "ci": math.nan}
@@ -249,31 +238,30 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, floa
     if n < 2:
         return {"mean": mean, "std": math.nan, "n": 1, "ci": math.nan}
     std = float(x.std(ddof=1))
-    half = t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
     return {"mean": mean, "std": std, "n": n, "ci": half}
 
 
-def config_labels(df: pd.DataFrame) -> dict[str, str]:
-    """config_hash -> a readable label: the method, plus the config keys that differ within it.
+# ---------------------------------------------------------------- naming configurations
 
-    `lora (rank=8)` and `lora (rank=16)` when only the rank differs; plain `head` when a method
-    has one configuration.
-    """
-    labels: dict[str, str] = {}
-    skip = {f"config.{k}" for k in UNHASHED_CONFIG} | {"config.method"}
-    for method, group in df.groupby("method", sort=False):
-        firsts = group.drop_duplicates("config_hash")
-        cols = [c for c in firsts.columns if c.startswith("config.") and c not in skip]
-        varying = [c for c in cols if firsts[c].astype(str).nunique() > 1]
-        for _, row in firsts.iterrows():
-            parts = []
-            for c in varying:
-                key = c.removeprefix("config.").removeprefix(f"{method}.")
-                parts.append(f"{key}={format_value(row[c])}")
-            if len(parts) > 3:  # a label must stay short enough for a legend
-                parts = [*parts[:3], row["config_hash"][:6]]
-            labels[row["config_hash"]] = f"{method} ({', '.join(parts)})" if parts else str(method)
-    return labels
+# Config keys that make a run a smoke run (a subsample, or stopped early): its accuracy is not
+# the method's, and its label says so.
+SMOKE_KEYS = (R.C_TRAIN_SIZE, R.C_EVAL_SIZE, R.C_MAX_STEPS)
+_TARGETS = {"all": "all layers", "attention": "attention", "mlp": "MLP"}
+# How a differing option reads in a label, by its last key (method options nest under the
+# method: `lora.rank`, `dora.rank`). Other options read `key=value`. These are the methods'
+# option names (methods/*.py), not record keys.
+_WORDS: dict[str, Callable[[Any], str]] = {
+    "rank": lambda v: f"r={format_value(v)}",
+    "alpha": lambda v: f"α={format_value(v)}",
+    "targets": lambda v: _TARGETS.get(str(v), str(v)),
+    "prompt_length": lambda v: f"{format_value(v)} tokens",
+    "lr": lambda v: f"lr={number(v):g}",
+    "epochs": lambda v: f"{format_value(v)} epochs",
+    "batch_size": lambda v: f"batch {format_value(v)}",
+    "pooling": lambda v: f"{v} pooling",
+    "model": str, "data": str, "precision": str, "dist": str,
+}
 
 
 def format_value(value: Any) -> str:
@@ -281,6 +269,73 @@ def format_value(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def describe(key: str, value: Any) -> str:
+    """One differing option in words a reader knows: rank 16 -> 'r=16', targets -> 'attention'."""
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, bool | np.bool_):
+        return f"{name}={'on' if value else 'off'}"
+    if name in _WORDS:
+        return _WORDS[name](value)
+    return f"{name}={format_value(value)}"
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN or pd.NA: a value the record does not have (a list or dict is present)."""
+    if isinstance(value, list | dict | tuple | np.ndarray):
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # an object pandas cannot judge: present
+        return False
+
+
+def varies(values: pd.Series) -> bool:
+    """Whether a config column holds more than one value (8 and 8.0 alike; missing counts)."""
+    return values.map(lambda v: "\0missing" if is_missing(v) else format_value(v)).nunique() > 1
+
+
+def is_smoke(row: pd.Series | dict[str, Any]) -> bool:
+    """Whether a run trained or tested on a subsample, or stopped early (train_size etc. > 0)."""
+    return any(number(row.get(col(R.CONFIG, k))) > 0 for k in SMOKE_KEYS)
+
+
+def config_labels(df: pd.DataFrame) -> dict[str, str]:
+    """config_hash -> a readable label: the method, plus what differs from its other configs.
+
+    `lora r=8` and `lora r=16` when only the rank differs, `lora attention` when the targets do,
+    plain `head` when a method has one configuration. `(smoke)` marks a subsampled or shortened
+    configuration when others are not (when every one is, the summary's notes say so).
+    """
+    labels: dict[str, str] = {}
+    prefix = f"{R.CONFIG}."
+    sizes = [col(R.CONFIG, k) for k in SMOKE_KEYS]
+    skip = {col(R.CONFIG, k) for k in (*R.NOT_HASHED, R.METHOD)} | set(sizes)
+    configs = df.drop_duplicates(R.CONFIG_HASH).set_index(R.CONFIG_HASH, drop=False)
+    smoke = {h: is_smoke(row) for h, row in configs.iterrows()}
+    mark_smoke = len(set(smoke.values())) > 1
+    for method, firsts in configs.groupby(R.METHOD, sort=False):
+        cols = [c for c in firsts.columns if c.startswith(prefix) and c not in skip]
+        varying = [c for c in cols if varies(firsts[c])]
+        # The method's own options first (rank before lr), each group in the record's order.
+        varying.sort(key=lambda c: not c.startswith(f"{prefix}{method}."))
+        base = {h: " ".join([str(method), *(describe(c.removeprefix(prefix), row[c])
+                                             for c in varying if not is_missing(row[c]))])
+                for h, row in firsts.iterrows()}
+        marked = {h: mark_smoke and smoke[h] for h in base}
+        for h, row in firsts.iterrows():
+            inner = ["smoke"] if marked[h] else []
+            twins = firsts.loc[[k for k in base if (base[k], marked[k]) == (base[h], marked[h])]]
+            if len(twins) > 1:  # alike but for the smoke sizes: name those
+                inner += [describe(c.removeprefix(prefix), row[c]) for c in sizes
+                          if c in twins and varies(twins[c])]
+            labels[h] = base[h] + (f" ({', '.join(inner)})" if inner else "")
+        counts = Counter(labels[h] for h in base)
+        for h in base:
+            if counts[labels[h]] > 1:  # options no word tells apart: the hash does
+                labels[h] = f"{labels[h]} #{h[:6]}"
+    return labels
 
 
 def _first(series: pd.Series) -> Any:
@@ -293,66 +348,77 @@ def aggregate(df: pd.DataFrame, columns: Iterable[str] = STAT_COLUMNS,
     """One row per config_hash: `<col>` is the mean over seeds, with `<col>.std`, `<col>.ci95`.
 
     Other columns take the first run's value (they are equal across seeds of one configuration),
-    `n` counts runs, `seeds` and `run_ids` list them, `label` names the configuration.
+    `n` counts runs, `seeds` and `run_ids` list them, `label` names the configuration, `smoke`
+    says whether it ran on a subsample or stopped early.
     """
     if df.empty:
-        return pd.DataFrame(columns=["config_hash", "method", "label", "n"])
+        return pd.DataFrame(columns=[R.CONFIG_HASH, R.METHOD, "label", "n"])
     df = with_derived(df)
-    stats = [c for c in columns if c in df]
+    at_peak = [c for c in df.columns if c.startswith(f"{MEASURED_AT_PEAK}.")]
+    stat = [c for c in (*columns, *at_peak) if c in df]
     labels = config_labels(df)
     rows = []
-    for chash, group in df.groupby("config_hash", sort=False):
+    for chash, group in df.groupby(R.CONFIG_HASH, sort=False):
         row: dict[str, Any] = {c: _first(group[c]) for c in df.columns
-                               if c not in stats and c != "val_history"}
-        row.update({"config_hash": chash, "label": labels[chash], "n": len(group),
-                    "run_ids": list(group["run_id"])})
-        if "config.seed" in group:
-            row["seeds"] = sorted(group["config.seed"].dropna().astype(int).tolist())
-        for c in stats:
+                               if c not in stat and c != R.VAL_HISTORY}
+        row.update({R.CONFIG_HASH: chash, "label": labels[chash], "n": len(group),
+                    "run_ids": list(group[R.RUN_ID]), "smoke": is_smoke(group.iloc[0])})
+        if SEED in group:
+            row["seeds"] = sorted(group[SEED].dropna().astype(int).tolist())
+        for c in stat:
             s = mean_ci(group[c], confidence)
             row[c], row[f"{c}.std"], row[f"{c}.ci95"] = s["mean"], s["std"], s["ci"]
-        if "val_history" in group:
-            row["val_history"] = list(group["val_history"])
+        if R.VAL_HISTORY in group:
+            row[R.VAL_HISTORY] = list(group[R.VAL_HISTORY])
         rows.append(row)
     out = pd.DataFrame(rows)
-    order = sorted(range(len(out)), key=lambda i: (method_rank(out["method"][i]),
-                                                   _num(out, "params.trainable", i),
-                                                   natural_key(out["label"][i])))
-    return out.iloc[order].reset_index(drop=True)
+
+    def order(i: int) -> tuple:
+        trainable = number(out[TRAINABLE][i]) if TRAINABLE in out else math.nan
+        return (method_rank(out[R.METHOD][i]), math.inf if math.isnan(trainable) else trainable,
+                natural_key(out["label"][i]))
+
+    return out.iloc[sorted(range(len(out)), key=order)].reset_index(drop=True)
+
+
+def _numeric(df: pd.DataFrame, column: str) -> pd.Series:
+    if column not in df:
+        return pd.Series(math.nan, index=df.index, dtype=float)
+    return pd.to_numeric(df[column], errors="coerce")
 
 
 def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     """Add the columns every view compares runs by, from whichever fields a record has.
 
-    `memory.measured_bytes`: the ledger's `device_peak_bytes`, else (older records) `peak_bytes`.
     `time.fit_s`: one-off preparation (the head's feature cache) + the training loop.
+    `memory.cuda_max_allocated_bytes` and `memory.rss_growth_bytes`: older records kept the
+    process-level figure in `device_peak_bytes` / `peak_bytes` whatever the device; `peak_method`
+    says which it was. An unlabelled one (a W&B summary) stays unnamed rather than guessed.
+    The peak every view plots is `memory.measured_peak_bytes` alone: no fallback to these.
     """
     new: dict[str, pd.Series] = {}
-    if MEASURED not in df:
-        measured = pd.Series(math.nan, index=df.index, dtype=float)
-        for col in ("memory.device_peak_bytes", "memory.peak_bytes"):
-            if col in df:
-                measured = measured.fillna(pd.to_numeric(df[col], errors="coerce"))
-        new[MEASURED] = measured
-    if "time.fit_s" not in df and "time.train_s" in df:
-        prepare = df["time.prepare_s"].fillna(0) if "time.prepare_s" in df else 0.0
-        new["time.fit_s"] = df["time.train_s"] + prepare
+    if FIT_S not in df and TRAIN_S in df:
+        prepare = df[PREPARE_S].fillna(0) if PREPARE_S in df else 0.0
+        new[FIT_S] = df[TRAIN_S] + prepare
+    if PEAK in df or DEVICE_PEAK in df:
+        how = (df[PEAK_METHOD].fillna("").astype(str).str.lower() if PEAK_METHOD in df
+               else pd.Series("", index=df.index))
+        legacy = _numeric(df, DEVICE_PEAK).fillna(_numeric(df, PEAK))
+        on_cuda = how.str.contains("cuda", na=False)
+        on_cpu = how.str.contains("resident|rss", na=False) & ~on_cuda
+        new[CUDA_MAX] = _numeric(df, CUDA_MAX).fillna(legacy.where(on_cuda))
+        new[RSS_GROWTH] = _numeric(df, RSS_GROWTH).fillna(legacy.where(on_cpu))
     return df.assign(**new) if new else df
 
 
 def natural_key(text: str) -> list[Any]:
-    """'rank=8' before 'rank=32': digits compare as numbers."""
+    """'r=8' before 'r=32': digits compare as numbers."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
-def _num(df: pd.DataFrame, col: str, i: int) -> float:
-    value = df[col][i] if col in df else None
-    return float(value) if value is not None and not pd.isna(value) else math.inf
-
-
-def mean_curve(histories: Iterable[Any], key: str = "accuracy") -> pd.DataFrame:
+def mean_curve(histories: Iterable[Any], key: str = R.H_ACCURACY) -> pd.DataFrame:
     """Seeds' validation histories -> step, mean, std, n (steps where any seed evaluated)."""
-    points = [(h["step"], h[key]) for hist in histories if isinstance(hist, list)
+    points = [(h[R.H_STEP], h[key]) for hist in histories if isinstance(hist, list)
               for h in hist if isinstance(h, dict) and h.get(key) is not None]
     if not points:
         return pd.DataFrame(columns=["step", "mean", "std", "n"])

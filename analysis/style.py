@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import matplotlib
 import matplotlib.pyplot as plt
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter, Locator, MaxNLocator
 
+from analysis.results import number
 from experiments.units import BYTE_UNITS
 from experiments.units import human_bytes as _format_bytes
 
-# The design's order (fewest trainable parameters first), used for legends, bars and tables.
-METHOD_ORDER = ("head", "embedding", "soft_prompt", "lora", "full")
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies and in greyscale print.
-_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000",
-            "#F0E442", "#999999")
-METHOD_COLORS = dict(zip(METHOD_ORDER, _PALETTE, strict=False))
+# Its nine colours give each method of experiments.record.METHOD_ORDER its own. The first five
+# methods keep the colours they had before the registry grew; bitfit and ia3, which train least,
+# take sky blue (beside the head's blue) and yellow; prefix grey, beside soft_prompt; dora black,
+# LoRA's variant. Figures draw their own guides (frontier, predictions) in grey, not black.
+METHOD_COLORS = {
+    "head": "#0072B2", "bitfit": "#56B4E9", "ia3": "#F0E442", "embedding": "#E69F00",
+    "soft_prompt": "#009E73", "prefix": "#999999", "lora": "#D55E00", "dora": "#000000",
+    "full": "#CC79A7",
+}
+# Methods not in the registry's order: Paul Tol's muted palette (also colour-blind safe), so a
+# newcomer never takes a known method's colour.
+_SPARE = ("#882255", "#44AA99", "#117733", "#332288", "#AA4499", "#88CCEE", "#DDCC77", "#999933")
 P = ParamSpec("P")
 R = TypeVar("R")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
@@ -40,32 +50,35 @@ def method_color(method: str) -> str:
     """The method's colour, the same in every figure and in the dashboard."""
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
-    # Unknown methods get the spare colours by a stable hash of the name, not by arrival order,
-    # so a method keeps its colour whichever other runs are loaded.
-    spare = _PALETTE[len(METHOD_ORDER):]
-    return spare[sum(map(ord, method)) % len(spare)]
+    # By a stable hash of the name, not by arrival order: a method keeps its colour whichever
+    # other runs are loaded (crc32, unlike hash(), is the same in every process).
+    return _SPARE[zlib.crc32(method.encode()) % len(_SPARE)]
 
 
-def method_rank(method: str) -> tuple[int, str]:
-    """Sort key: the design's method order, unknown methods after it by name."""
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+def method_text_color(method: str) -> str:
+    """The method's colour for text on white: a light one (ia3's yellow) darkened to be read."""
+    r, g, b = to_rgb(method_color(method))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b  # sRGB weights, close enough for a choice
+    if luminance < 0.6:
+        return method_color(method)
+    return to_hex((0.6 * r, 0.6 * g, 0.6 * b))
 
 
 def human_bytes(n: float | None) -> str:
     """1536 -> '1.5 KiB'; a missing value -> '—'."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "—"
-    return _format_bytes(n)
+    value = number(n)
+    return "—" if math.isnan(value) else _format_bytes(value)
 
 
-def human_count(n: float) -> str:
-    """1_234_567 -> '1.23M' (parameter counts)."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
+def human_count(n: float | None) -> str:
+    """1_234_567 -> '1.23M' (parameter counts); a missing value -> '—'."""
+    value = number(n)
+    if math.isnan(value):
         return "—"
     for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suffix}"
-    return f"{n:.0f}"
+        if abs(value) >= div:
+            return f"{value / div:.3g}{suffix}"
+    return f"{value:.0f}"
 
 
 def _unit_for(vmax: float, headroom: float = 1.0) -> tuple[float, str]:
@@ -137,16 +150,16 @@ class CountFormatter(Formatter):
         return human_count(x)
 
 
-def bytes_axis(axis: matplotlib.axis.Axis, log: bool = False) -> None:
+def bytes_axis(axis: matplotlib.axis.Axis, log: bool = False, max_ticks: int = 7) -> None:
     """Label an axis's ticks in KiB/MiB/GiB (powers of two when logarithmic)."""
     from matplotlib.ticker import NullFormatter, NullLocator
 
     if log:
-        axis.set_major_locator(Log2BytesLocator())
+        axis.set_major_locator(Log2BytesLocator(max_ticks))
         axis.set_minor_locator(NullLocator())
         axis.set_minor_formatter(NullFormatter())
     else:
-        axis.set_major_locator(BytesLocator())
+        axis.set_major_locator(BytesLocator(max_ticks - 1))
     axis.set_major_formatter(BytesFormatter(log=log))
 
 

@@ -10,23 +10,18 @@ from typing import Any
 import pandas as pd
 
 from analysis import results
-from analysis.style import human_bytes, human_count, method_rank
+from analysis.results import number
+from analysis.style import human_bytes, human_count
+from experiments import record as R
+from experiments.record import method_rank
 
 COLUMNS = ("method", "n", "test accuracy (%)", "trainable params", "% of total",
            "predicted memory", "measured peak memory", "time to fit (s)", "throughput (ex/s)")
 
 
-def _num(row: pd.Series, col: str) -> float:
-    value = row.get(col)
-    try:
-        return float(value) if value is not None and not pd.isna(value) else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _pm(row: pd.Series, col: str, scale: float = 1.0, digits: int = 1) -> str:
+def _pm(row: pd.Series, column: str, scale: float = 1.0, digits: int = 1) -> str:
     """'mean ± CI' (just the mean for one seed, '—' when absent)."""
-    mean, half = _num(row, col), _num(row, f"{col}.ci95")
+    mean, half = number(row.get(column)), number(row.get(f"{column}.ci95"))
     if math.isnan(mean):
         return "—"
     text = f"{scale * mean:.{digits}f}"
@@ -45,16 +40,17 @@ def summary_rows(agg: pd.DataFrame) -> list[dict[str, str]]:
     """The table's cells, formatted for reading (one dict per configuration)."""
     rows = []
     for _, row in agg.iterrows():
-        trainable, total = _num(row, "params.trainable"), _num(row, "params.total")
+        trainable, total = number(row.get(results.TRAINABLE)), number(row.get(results.TOTAL))
         rows.append({
             "method": str(row["label"]), "n": str(int(row["n"])),
             "test accuracy (%)": _pm(row, results.ACCURACY, 100),
-            "trainable params": human_count(trainable) if not math.isnan(trainable) else "—",
+            "trainable params": human_count(trainable),
             "% of total": _pct(trainable, total),
-            "predicted memory": human_bytes(_num(row, "memory.predicted_bytes")),
-            "measured peak memory": human_bytes(_num(row, results.MEASURED)),
-            "time to fit (s)": _pm(row, "time.fit_s", digits=2),
-            "throughput (ex/s)": _pm(row, "time.train_samples_per_s", digits=0),
+            "predicted memory": human_bytes(row.get(results.PREDICTED)),
+            # The step's exact peak only: an older record's RSS growth is not a peak ('—').
+            "measured peak memory": human_bytes(row.get(results.MEASURED)),
+            "time to fit (s)": _pm(row, results.FIT_S, digits=2),
+            "throughput (ex/s)": _pm(row, results.SAMPLES_PER_S, digits=0),
         })
     return rows
 
@@ -64,8 +60,8 @@ def _cell(text: Any) -> str:
 
 
 def markdown_table(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> str:
-    """A GitHub-flavoured Markdown table (numbers right-aligned)."""
-    align = ["---" if c == "method" else "---:" for c in columns]
+    """A GitHub-flavoured Markdown table (numbers right-aligned, the first column left)."""
+    align = ["---" if i == 0 else "---:" for i in range(len(columns))]
     lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
@@ -73,28 +69,45 @@ def markdown_table(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMN
 
 def status_counts(df: pd.DataFrame) -> str:
     """'4 finished, 1 failed' for the runs in df."""
-    if df.empty or "status" not in df:
+    if df.empty or R.STATUS not in df:
         return "no runs"
-    counts = df["status"].fillna("unknown").value_counts()
+    counts = df[R.STATUS].fillna("unknown").value_counts()
     return ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
+def _distinct(df: pd.DataFrame, column: str) -> list[str]:
+    return [str(v) for v in df[column].dropna().unique()] if column in df else []
+
+
 def notes(df: pd.DataFrame) -> list[str]:
-    """How to read the numbers: the interval, and how memory was measured and predicted."""
+    """How to read the numbers: the interval, how memory was measured and predicted, smoke runs."""
+    fin = results.finished(df)
     out = ["Accuracy and time are the mean over seeds of one configuration (runs sharing a "
            "config_hash) ± the 95% t-distribution confidence interval half-width; "
            "one seed has no interval. Time to fit is the training loop plus any one-off "
            "preparation (the head method's cached backbone features); throughput is the loop's."]
-    if "memory.peak_method" in df:
-        for method in df["memory.peak_method"].dropna().unique():
-            out.append(f"Measured peak memory: {method}.")
-    if "memory.predicted_formula" in df:
-        formulas = df.dropna(subset=["memory.predicted_formula"])
-        parts = [f"{formula} ({', '.join(sorted(group['method'].unique(), key=method_rank))})"
-                 for formula, group in formulas.groupby("memory.predicted_formula")]
+    for how in _distinct(fin, results.MEASURED_METHOD):
+        out.append(f"Measured peak memory: {how}.")
+    measured = fin[results.MEASURED].notna() if results.MEASURED in fin else None
+    if measured is None or not measured.all():
+        out.append("Measured peak memory '—': the record predates the measured training step. "
+                   "Such records hold only a process-level figure (the CPU resident-set growth, "
+                   "approximate, or CUDA's max allocated), which is not the step's peak and is "
+                   "shown only in the dashboard's run table.")
+    if results.PREDICTED_FORMULA in fin:
+        formulas = fin.dropna(subset=[results.PREDICTED_FORMULA])
+        parts = [f"{formula} ({', '.join(sorted(group[R.METHOD].unique(), key=method_rank))})"
+                 for formula, group in formulas.groupby(results.PREDICTED_FORMULA)]
         out.append("Predicted memory (N parameters, M trainable): " + "; ".join(parts) + ".")
     else:
         out.append("Predicted memory: not in these records (they predate the memory ledger).")
+    smoke = [results.is_smoke(row) for _, row in fin.iterrows()]
+    if smoke and all(smoke):
+        out.append("Every configuration here is a smoke run (train_size, eval_size or max_steps "
+                   "set): the numbers show the pipeline works, not what the methods reach.")
+    elif any(smoke):
+        out.append("(smoke): trained or tested on a subsample, or stopped early (train_size, "
+                   "eval_size or max_steps set); not comparable with full runs.")
     return out
 
 
@@ -112,5 +125,5 @@ def write_summary(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(name).stem}]({name})" for name in images]
     path = reports_dir / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
     return path

@@ -7,7 +7,11 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
+
+from experiments import record as R
 
 METHODS = ("head", "full")
 SEEDS = (0, 1)
@@ -52,46 +56,88 @@ def make_record(one_record: dict):  # noqa: ANN201 (a factory)
     """A factory: make_record(runs_dir, method, seed, acc, config=..., memory=...) -> record path.
 
     Synthetic records (the real one with fields changed) cover what tiny real runs cannot
-    cheaply: LoRA rank sweeps and the memory ledger fields.
+    cheaply: LoRA rank sweeps, the memory fields, per-example predictions (`predictions`: a
+    frame with the record's prediction columns, written beside the record).
     """
     import copy
     import hashlib
 
     def make(runs_dir: Path, method: str, seed: int, acc: float, config: dict | None = None,
-             memory: dict | None = None, status: str = "finished") -> Path:
+             memory: dict | None = None, status: str = "finished",
+             predictions: pd.DataFrame | None = None) -> Path:
         rec = copy.deepcopy(one_record)
-        rec["config"].update({"method": method, "seed": seed, **(config or {})})
-        key = json.dumps({k: v for k, v in rec["config"].items() if k != "seed"}, sort_keys=True)
+        for key, value in {R.METHOD: method, R.C_SEED: seed, **(config or {})}.items():
+            if isinstance(value, dict):  # a method's options: merge, as the harness resolves
+                rec[R.CONFIG][key] = {**rec[R.CONFIG].get(key, {}), **value}
+            else:
+                rec[R.CONFIG][key] = value
+        key = json.dumps({k: v for k, v in rec[R.CONFIG].items() if k not in R.NOT_HASHED},
+                         sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()
-        rec.update({"method": method, "status": status, "experiment": method,
-                    "config_hash": digest[:12], "run_id": f"20260101-{method}-{digest[:6]}-{seed}"})
-        rec["metrics"]["test/accuracy"] = acc
-        rec["val_history"] = [{"step": s, "accuracy": acc - 0.1 / s, "n": 32} for s in (1, 2, 4)]
+        rec.update({R.METHOD: method, R.STATUS: status, R.EXPERIMENT: method,
+                    R.CONFIG_HASH: digest[:12],
+                    R.RUN_ID: f"20260101-{method}-{digest[:6]}-{seed}"})
+        rec[R.METRICS][R.TEST_ACCURACY] = acc
+        rec[R.VAL_HISTORY] = [{R.H_STEP: s, R.H_ACCURACY: acc - 0.1 / s, "n": 32}
+                              for s in (1, 2, 4)]
         if memory is not None:  # replaces the section: a record from before the ledger has none
-            rec["memory"] = memory
-        path = runs_dir / rec["run_id"] / "record.json"
+            rec[R.MEMORY] = memory
+        path = runs_dir / rec[R.RUN_ID] / R.RECORD_FILE
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(rec))
+        if predictions is not None:
+            predictions.to_parquet(path.parent / R.PREDICTIONS_FILE, index=False)
         return path
 
     return make
 
 
 @pytest.fixture
+def predictions_frame():  # noqa: ANN201 (a factory)
+    """A factory: predictions_frame(labels, predicted, examples=None) -> a predictions file's
+    frame as the harness writes it (two classes, example = index in the test split)."""
+    return predictions
+
+
+def predictions(labels: list[int] | np.ndarray, predicted: list[int] | np.ndarray,
+                examples: list[int] | np.ndarray | None = None) -> pd.DataFrame:
+    """A predictions file's frame, as the harness writes it (two classes)."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    examples = np.arange(len(labels)) if examples is None else np.asarray(examples)
+    p1 = np.where(predicted == 1, 0.8, 0.2)
+    return pd.DataFrame({R.PRED_EXAMPLE: examples, R.PRED_LABEL: labels,
+                         R.PRED_PREDICTED: predicted, f"{R.PRED_PROB_PREFIX}0": 1 - p1,
+                         f"{R.PRED_PROB_PREFIX}1": p1})
+
+
+@pytest.fixture
 def ledger():  # noqa: ANN201 (a factory)
-    """A factory: ledger(N, M) -> memory ledger fields as the harness writes them."""
+    """A factory: ledger(N, M) -> a memory section as the harness writes it (CPU, fp32, Adam).
+
+    The ledger's counts, the measured step (its peak, what was live then by category, the state
+    peak) and the process-level RSS growth, which is larger and only approximate.
+    """
     return _ledger
 
 
 def _ledger(n_params: int, trainable: int) -> dict:
-    return {"peak_bytes": 4 * n_params + 12 * trainable + 3_500_000,
-            "peak_method": "CPU resident-set growth (approximate)",
-            "weights_bytes": 4 * n_params, "grads_bytes": 4 * trainable,
-            "optimizer_bytes": 8 * trainable, "activations_peak_bytes": 3_000_000,
-            "device_peak_bytes": 4 * n_params + 12 * trainable + 3_500_000,
-            "predicted_bytes": 4 * n_params + 16 * trainable,
-            "predicted_formula": "4N + 16M (fp32 weights; grads and Adam state for M)",
-            "ledger_vs_predicted": 1.0}
+    at_peak = {R.CAT_PARAMETERS: 4 * n_params, R.CAT_BUFFERS: 8192, R.CAT_INPUTS: 20_000,
+               R.CAT_OPTIMIZER_STATE: 8 * trainable, R.CAT_GRADIENTS: 0, R.CAT_WEIGHT_CASTS: 0,
+               R.CAT_ACTIVATIONS: 3_000_000, R.CAT_OPTIMIZER_TEMPORARIES: 0,
+               R.CAT_TEMPORARIES: 250_000}
+    return {R.RSS_GROWTH_BYTES: 4 * n_params + 12 * trainable + 9_500_000,
+            R.RSS_METHOD: "approximate, not a peak of tensor memory: CPU resident-set growth",
+            R.WEIGHTS_BYTES: 4 * n_params, R.GRADS_BYTES: 4 * trainable,
+            R.OPTIMIZER_BYTES: 8 * trainable, R.ACTIVATIONS_PEAK_BYTES: 3_000_000,
+            R.WEIGHT_CASTS_BYTES: 0,
+            R.MEASURED_PEAK_BYTES: sum(at_peak.values()), R.MEASURED_AT_PEAK: at_peak,
+            R.MEASURED_STATE_PEAK_BYTES: 4 * n_params + 12 * trainable,
+            R.MEASURED_METHOD: "exact for what it sees: live tensor storages during one step",
+            R.PREDICTED_BYTES: 4 * n_params + 16 * trainable,
+            R.PREDICTED_FORMULA: "4N + 16M (fp32 weights; grads and Adam state for M)",
+            R.STATE_VS_PREDICTED: (4 * n_params + 12 * trainable) / (4 * n_params
+                                                                      + 16 * trainable),
+            R.LEDGER_VS_PREDICTED: 1.0}
 
 
 class FakeRun(SimpleNamespace):
@@ -122,7 +168,8 @@ def fake_wandb_api() -> FakeApi:
         config={"method": "lora", "seed": 1, "lr": 1e-3, "lora": {"rank": 8, "alpha": 16},
                 "config_hash": "h-lora", "_wandb": {"x": 1}},
         summary={"test/accuracy": 0.81, "val/accuracy": 0.8, "params/trainable": 1000,
-                 "params/total": 100000, "memory/peak_bytes": 2**20, "time/train_s": 3.5,
+                 "params/total": 100000, f"{R.MEMORY}/{R.MEASURED_PEAK_BYTES}": 2**20,
+                 f"{R.MEMORY}/{R.RSS_GROWTH_BYTES}": 5 * 2**20, "time/train_s": 3.5,
                  "_runtime": 4, "confusion": {"_type": "table"}},
         rows=[(10, {"val/accuracy": 0.7}), (15, {"train/loss": 0.3}), (20, {"val/accuracy": 0.8})])
     crashed = FakeRun(name="20260101-full-bb", id="bb", state="crashed", group="full",

@@ -45,8 +45,43 @@ def test_page_is_self_contained_and_lists_every_run(page: Path, real_runs: Path)
     assert "tiny-bert" in text and df["env.git_commit"].iloc[0] in text
 
 
+def test_page_comes_from_the_template_files(page: Path) -> None:
+    text = page.read_text()
+    for name in ("dashboard.html", "dashboard.css", "dashboard.js"):
+        assert dashboard.template(name).strip()
+    # The style and script are inlined whole; no placeholder is left unfilled.
+    assert dashboard.template("dashboard.css").strip() in text
+    assert dashboard.template("dashboard.js").strip() in text
+    assert not re.search(r"\$\{?[a-z_]+\}?", text.replace(dashboard.template("dashboard.js"), ""))
+    # The template files ship with the package (pip install, not only a source checkout).
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert '[tool.setuptools.package-data]\n' in pyproject and '"templates/*"' in pyproject
+
+
+def test_memory_columns_name_what_they_measure(real_runs: Path) -> None:
+    """The step's measured peak is the peak; CPU RSS growth is shown, but never as a peak."""
+    df = results.load_records(real_runs)
+    old = df["method"] == "head"
+    df.loc[old, results.MEASURED] = float("nan")  # records from before the measured step
+    page = dashboard.build_html(df, "test")
+    heads = re.findall(r"<th data-type='[a-z]+' tabindex='0' title='[^']*'>([^<]*)</th>", page)
+    assert "measured peak" in heads and "RSS growth (approx.)" in heads
+    assert not [h for h in heads if "peak" in h and h != "measured peak"]
+    summary = re.search(r"<table class='summary'>.*?</table>", page, re.S).group(0)
+    head = re.search(r"<tr><td>head</td>.*?</tr>", summary).group(0)
+    assert head.count("<td>—</td>") == 1  # measured peak: no stand-in figure for the gap
+
+
+def test_dollar_signs_in_records_are_not_template_fields(real_runs: Path) -> None:
+    df = results.load_records(real_runs)
+    df.loc[0, "config.name"] = "$title ${css} $$"
+    page = dashboard.build_html(df, "test")
+    assert "$title ${css} $$" in page
+
+
 def test_cell_formatting_and_sort_keys() -> None:
     assert dashboard.cell(0.8123, "pct") == ("81.2", "0.8123")
+    assert dashboard.cell("n/a", "bytes") == ("—", "")  # text where a number belongs
     assert dashboard.cell(3 * 2**20, "bytes") == ("3.0 MiB", repr(float(3 * 2**20)))
     assert dashboard.cell(None, "count") == ("—", "")
     assert dashboard.cell(float("nan"), "secs") == ("—", "")

@@ -18,6 +18,7 @@ from matplotlib.text import Text  # noqa: E402
 
 from analysis import plots, results  # noqa: E402
 from analysis.style import BytesLocator, Log2BytesLocator, human_bytes, method_color  # noqa: E402
+from experiments import record as R  # noqa: E402
 
 BASIC = ("accuracy_vs_params", "accuracy_vs_memory", "memory_breakdown", "time_throughput",
          "val_curves")
@@ -56,7 +57,8 @@ def overlapping_text(fig: Figure) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def sweep_runs(runs_copy: Path, make_record, ledger) -> Path:  # noqa: ANN001
-    """Real runs plus synthetic LoRA rank sweeps (two target sets) with memory ledgers."""
+    """Real runs plus synthetic LoRA rank sweeps (two target sets) with measured memory, and
+    two records from older harnesses: a ledger without the measured step, and only RSS growth."""
     n = 1_010_370
     for targets, base in (("all", 0.70), ("attention", 0.66)):
         for rank in (2, 8, 32):
@@ -65,11 +67,15 @@ def sweep_runs(runs_copy: Path, make_record, ledger) -> Path:  # noqa: ANN001
                 make_record(runs_copy, "lora", seed, base + 0.01 * rank ** 0.5 + 0.005 * seed,
                             config={"lora": {"rank": rank, "alpha": 16, "targets": targets}},
                             memory=ledger(n, m))
-    make_record(runs_copy, "soft_prompt", 0, 0.6, config={"soft_prompt": {"tokens": 20}},
-                memory=ledger(n, 706))
-    # A record from before the memory ledger: only the measured peak.
-    make_record(runs_copy, "embedding", 0, 0.62, memory={"peak_bytes": 9_000_000,
-                                                         "peak_method": "sampled RSS"})
+    measured = (R.MEASURED_PEAK_BYTES, R.MEASURED_AT_PEAK, R.MEASURED_STATE_PEAK_BYTES,
+                R.MEASURED_METHOD, R.STATE_VS_PREDICTED)
+    old_ledger = {k: v for k, v in ledger(n, 706).items() if k not in measured}
+    make_record(runs_copy, "soft_prompt", 0, 0.6, config={"soft_prompt": {"prompt_length": 20}},
+                memory={**old_ledger, R.PEAK_BYTES: 30_000_000,
+                        R.PEAK_METHOD: "CPU resident-set growth (approximate)"})
+    # A record from before the memory ledger: only the process's RSS growth.
+    make_record(runs_copy, "embedding", 0, 0.62, memory={R.PEAK_BYTES: 9_000_000,
+                                                         R.PEAK_METHOD: "sampled RSS"})
     return runs_copy
 
 
@@ -86,8 +92,7 @@ def test_real_runs_give_every_basic_plot_and_the_summary(real_runs: Path, tmp_pa
     assert "accuracy_vs_rank.png" not in names  # no LoRA rank sweep among these runs
     assert not (tmp_path / "accuracy_vs_rank.png").exists()  # so no stale figure either
     summary = (tmp_path / "summary.md").read_text()
-    rows = [line for line in summary.splitlines() if line.startswith("| head") or
-            line.startswith("| full")]
+    rows = [line for line in summary.splitlines() if line.startswith(("| head |", "| full |"))]
     assert len(rows) == 2 and all(" ± " in row for row in rows)
     assert "| method | n | test accuracy (%) | trainable params | % of total |" in summary
     assert "![val_curves](val_curves.png)" in summary
@@ -100,13 +105,26 @@ def test_ledger_and_rank_sweep_plots(sweep_runs: Path, tmp_path: Path) -> None:
     try:
         assert set(figs) == {*BASIC, "accuracy_vs_rank"}
         sweeps = plots.rank_sweeps(agg)
-        assert set(sweeps) == {"lora (targets=all)", "lora (targets=attention)"}
-        assert list(sweeps["lora (targets=all)"]["config.lora.rank"]) == [2, 8, 32]
+        assert set(sweeps) == {"lora all layers", "lora attention"}
+        assert list(sweeps["lora all layers"][plots.RANK]) == [2, 8, 32]
         legend = [t.get_text() for t in figs["memory_breakdown"].legends[0].get_texts()]
-        assert legend[:4] == ["weights", "gradients", "optimizer state", "activations (peak)"]
-        assert "predicted (formula)" in legend and "measured device peak" in legend
-        # The embedding record predates the ledger: drawn hatched, and the legend says so.
-        assert "measured peak only (no ledger in record)" in legend
+        # What was live at each measured peak, by category in stacking order (the soft prompt's
+        # older record adds its ledger's gradients); categories nobody has are left out.
+        assert legend[:6] == ["weights", "gradients", "optimizer state", "activations",
+                              "temporaries", "buffers, inputs, weight casts"]
+        assert "optimizer temporaries" not in legend  # zero in every record
+        assert "predicted (formula)" in legend and "measured step peak" in legend
+        # The soft prompt's record predates the measured step: its ledger is drawn hatched,
+        # and the legend says so; the embedding's has no memory figures: said on the plot.
+        assert "ledger count (no measured step in record)" in legend
+        texts = [t.get_text() for t in figs["memory_breakdown"].axes[0].texts]
+        assert texts == ["no memory measurement in record"]
+        # Neither older record is placed on the memory axis by its RSS growth.
+        title = figs["accuracy_vs_memory"].legends[0].get_title().get_text()
+        assert "not placed (no measured peak in the record): embedding, soft_prompt" in title
+        memory_ax = figs["accuracy_vs_memory"].axes[0]
+        xs = [x for line in memory_ax.get_lines() for x in line.get_xdata()]
+        assert 9_000_000 not in xs and 30_000_000 not in xs
         rank_legend = [t.get_text() for t in figs["accuracy_vs_rank"].legends[0].get_texts()]
         assert "full (reference)" in rank_legend and "head (reference)" in rank_legend
         summary = plots.write_reports(df, tmp_path)[-1].read_text()

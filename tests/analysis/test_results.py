@@ -10,15 +10,18 @@ import pandas as pd
 import pytest
 
 from analysis import results
+from experiments import record as R
 
 
 def test_records_load_as_one_flat_row_per_run(real_runs: Path) -> None:
     df = results.load_records(real_runs)
     assert len(df) == 4
-    for col in ("run_id", "method", "config_hash", "status", "metrics.test/accuracy",
-                "metrics.val/best_accuracy", "params.trainable", "params.total",
-                "memory.peak_bytes", "time.train_s", "config.seed", "env.git_commit"):
+    for col in ("run_id", "method", "config_hash", "status", results.ACCURACY, results.VAL_BEST,
+                results.TRAINABLE, results.TOTAL, results.MEASURED, results.TRAIN_S,
+                results.SEED, results.GIT_COMMIT):
         assert col in df, col
+    # The measured step's breakdown flattens to one column per category.
+    assert f"{results.MEASURED_AT_PEAK}.{R.CAT_ACTIVATIONS}" in df
     assert set(df["method"]) == {"head", "full"}
     assert (df["status"] == "finished").all()
     assert df["metrics.test/accuracy"].between(0, 1).all()
@@ -72,12 +75,21 @@ def test_empty_or_missing_folder_gives_an_empty_frame(tmp_path: Path) -> None:
     assert empty.empty
 
 
-@pytest.mark.parametrize(("p", "dof", "expected"), [
-    (0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 9, 2.2622),
-    (0.975, 30, 2.0423), (0.95, 10, 1.8125), (0.995, 5, 4.0321), (0.025, 3, -3.1824),
+@pytest.mark.parametrize(("confidence", "dof", "t"), [
+    (0.95, 1, 12.7062), (0.95, 2, 4.3027), (0.95, 4, 2.7764), (0.95, 9, 2.2622),
+    (0.95, 30, 2.0423), (0.90, 10, 1.8125), (0.99, 5, 4.0321),
 ])
-def test_t_quantile_matches_tables(p: float, dof: int, expected: float) -> None:
-    assert results.t_quantile(p, dof) == pytest.approx(expected, abs=1e-4)
+def test_mean_ci_uses_the_t_table(confidence: float, dof: int, t: float) -> None:
+    """The interval's half-width is t(dof) * s / sqrt(n), t as printed in a textbook table."""
+    values = [float(i) for i in range(dof + 1)]
+    s = results.mean_ci(values, confidence)
+    assert s["ci"] / (s["std"] / math.sqrt(dof + 1)) == pytest.approx(t, abs=1e-4)
+
+
+def test_number_reads_any_record_value() -> None:
+    assert results.number(3) == 3.0 and results.number("2.5") == 2.5
+    for missing in (None, float("nan"), pd.NA, "n/a", [1], {}):
+        assert math.isnan(results.number(missing)), missing
 
 
 def test_mean_ci_on_known_numbers() -> None:
@@ -127,8 +139,52 @@ def test_config_labels_name_what_differs() -> None:
         "config.seed": [0, 1, 2, 0], "config.lr": [1e-3] * 4,
     })
     labels = results.config_labels(df)
-    assert labels == {"r8": "lora (rank=8, targets=all)", "r8b": "lora (rank=8, targets=mlp)",
-                      "r16": "lora (rank=16, targets=all)", "h": "head"}
+    assert labels == {"r8": "lora r=8 all layers", "r8b": "lora r=8 MLP",
+                      "r16": "lora r=16 all layers", "h": "head"}
+
+
+def test_config_labels_mark_smoke_runs_and_never_dump_configs() -> None:
+    df = pd.DataFrame({
+        "method": ["lora", "lora", "lora", "lora", "full", "soft_prompt"],
+        "config_hash": ["big", "smoke", "smoke2", "r16", "f", "sp"],
+        "config.train_size": [0, 64, 128, 0, 0, 0], "config.eval_size": [0, 32, 32, 0, 0, 0],
+        "config.max_steps": [0, 4, 4, 0, 0, 0], "config.lora.rank": [8, 8, 8, 16, None, None],
+        "config.lora.targets": ["attention"] * 4 + [None, None],
+        "config.soft_prompt.prompt_length": [None] * 5 + [20],
+        "config.seed": [0] * 6, "config.wandb": ["disabled", "online", "x", "y", "z", "w"],
+    })
+    assert results.config_labels(df) == {
+        "big": "lora r=8", "smoke": "lora r=8 (smoke, train_size=64)",
+        "smoke2": "lora r=8 (smoke, train_size=128)", "r16": "lora r=16", "f": "full",
+        "sp": "soft_prompt"}
+    # When every configuration is a smoke run, saying so on each label adds nothing.
+    only_smoke = df[df["config_hash"].isin(["smoke", "smoke2"])]
+    assert set(results.config_labels(only_smoke).values()) == {"lora (train_size=64)",
+                                                               "lora (train_size=128)"}
+    # Options no word tells apart keep distinct labels: the config hash settles it.
+    twins = pd.DataFrame({"method": ["lora", "lora"], "config_hash": ["aaaaaa1", "bbbbbb2"],
+                          "config.lr": [1e-3, 1.0000001e-3]})
+    assert results.config_labels(twins) == {"aaaaaa1": "lora lr=0.001 #aaaaaa",
+                                            "bbbbbb2": "lora lr=0.001 #bbbbbb"}
+
+
+def test_old_process_memory_is_never_the_measured_peak() -> None:
+    """CPU resident-set growth and CUDA max allocated go to their own columns, named so."""
+    df = pd.DataFrame({
+        "run_id": ["cpu", "cuda", "wandb", "new"], "method": ["lora"] * 4,
+        "config_hash": ["a", "b", "c", "d"],
+        results.PEAK: [9e6, 5e6, 7e6, None], results.DEVICE_PEAK: [9e6, 5e6, None, None],
+        results.PEAK_METHOD: ["CPU resident-set growth over the baseline (approximate)",
+                              "torch.cuda.max_memory_allocated over training (exact)", None, None],
+        results.MEASURED: [None, None, None, 3e6], results.RSS_GROWTH: [None, None, None, 8e6],
+    })
+    out = results.with_derived(df)
+    assert out[results.MEASURED].tolist()[3] == 3e6 and out[results.MEASURED][:3].isna().all()
+    assert out[results.RSS_GROWTH].tolist()[::3] == [9e6, 8e6]
+    assert out[results.CUDA_MAX].tolist()[1] == 5e6 and out[results.CUDA_MAX].isna().sum() == 3
+    # An unlabelled process figure (a W&B summary) is not guessed into either column.
+    assert math.isnan(out[results.RSS_GROWTH][2]) and math.isnan(out[results.CUDA_MAX][2])
+    assert "memory.measured_bytes" not in out  # the old derived column that fell back to RSS
 
 
 def test_failed_runs_are_loaded_but_not_aggregated(runs_copy: Path, make_record) -> None:  # noqa: ANN001
@@ -150,7 +206,8 @@ def test_wandb_runs_load_into_the_same_columns(monkeypatch: pytest.MonkeyPatch,
     assert "skipping W&B run n: no `method`" in capsys.readouterr().err
     lora = df[df["method"] == "lora"].iloc[0]
     assert lora["metrics.test/accuracy"] == 0.81 and lora["params.trainable"] == 1000
-    assert lora["memory.peak_bytes"] == 2**20 and lora["time.train_s"] == 3.5
+    assert lora[results.MEASURED] == 2**20 and lora[results.TRAIN_S] == 3.5
+    assert lora[results.RSS_GROWTH] == 5 * 2**20
     assert lora["config.lora.rank"] == 8 and lora["config_hash"] == "h-lora"
     assert lora["experiment"] == "sweep" and lora["env.wandb.path"] == "ent/proj/aa"
     assert lora["val_history"] == [{"step": 10, "accuracy": 0.7}, {"step": 20, "accuracy": 0.8}]
