@@ -1,4 +1,4 @@
-"""One self-contained HTML dashboard: the figures, the summary, and a sortable table of runs.
+"""One self-contained HTML dashboard: the figures, the summary, paired tests, and a table of runs.
 
 Run it:
     python -m analysis.dashboard              # $RUNS_DIR (./runs) -> $REPORTS_DIR/dashboard.html
@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import cli, results
+from analysis import cli, paired, results
 from analysis.plots import figures, unmeasured
 from analysis.results import is_missing, number
 from analysis.style import RC, human_bytes, human_count, method_color
@@ -177,7 +177,7 @@ def _options(values: list[str], everything: str) -> str:
 
 
 def html_table(rows: list[dict[str, Any]], columns: tuple[str, ...], cls: str) -> str:
-    """A plain table of formatted cells."""
+    """A plain table of formatted cells (the summary's and the paired tests')."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in columns)
                    + "</tr>" for r in rows)
@@ -188,6 +188,16 @@ def html_table(rows: list[dict[str, Any]], columns: tuple[str, ...], cls: str) -
 def summary_table(agg: pd.DataFrame) -> str:
     """The per-configuration comparison (the same cells as reports/summary.md)."""
     return html_table(summary_rows(agg), SUMMARY_COLUMNS, "summary")
+
+
+def paired_section(df: pd.DataFrame, agg: pd.DataFrame) -> str:
+    """The paired tests (analysis.paired) as a table with its note, or why there are none."""
+    found = paired.comparisons(df, agg)
+    if not found:
+        return (f"<p class='meta'>No pair of configurations has per-example predictions "
+                f"({R.PREDICTIONS_FILE}) on the same test split.</p>")
+    return (html_table(paired.table_rows(found), paired.TABLE_COLUMNS, "paired")
+            + f"<p class='meta notes'>{html.escape(paired.note(found))}</p>")
 
 
 def _figure_html(name: str, fig: Figure, agg: pd.DataFrame) -> str:
@@ -225,7 +235,7 @@ def build_html(df: pd.DataFrame, source: str = "", figs: dict[str, Figure] | Non
     return Template(template("dashboard.html")).substitute(
         title="tunebench dashboard", stamp=stamp, source=html.escape(source or "run records"),
         counts=html.escape(f"{len(df)} runs ({status_counts(df)}), {len(agg)} configurations"),
-        summary=summary_table(agg), notes=notes_html,
+        summary=summary_table(agg), notes=notes_html, paired=paired_section(fin, agg),
         runs=runs_table(table), total=len(table), methods=_options(methods, "all methods"),
         statuses=_options(statuses, "any status"),
         figures="".join(images) or "<p>No finished runs to plot.</p>",

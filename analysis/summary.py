@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import results
+from analysis import paired, results
 from analysis.results import number
 from analysis.style import human_bytes, human_count
 from experiments import record as R
@@ -111,9 +111,23 @@ def notes(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def paired_markdown(found: list[paired.Comparison], n_configs: int) -> list[str]:
+    """The 'Paired comparisons' section's lines: a table, or why there is none."""
+    lines = ["## Paired comparisons (same test examples)", ""]
+    if found:
+        lines += [markdown_table(paired.table_rows(found), paired.TABLE_COLUMNS), "",
+                  f"- {paired.note(found)}"]
+    elif n_configs > 1:
+        lines.append(f"No pair of configurations has per-example predictions "
+                     f"({R.PREDICTIONS_FILE}) on the same test split, so no paired test.")
+    else:
+        return []
+    return [*lines, ""]
+
+
 def write_summary(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
                   images: list[str] | None = None, source: str = "") -> Path:
-    """Write reports_dir/summary.md: the table, how to read it, and the figures."""
+    """Write reports_dir/summary.md: the table, how to read it, paired tests, the figures."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# tunebench: comparison summary", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
@@ -121,8 +135,9 @@ def write_summary(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
              f"{len(agg)} configurations from the finished ones.", "",
              markdown_table(summary_rows(agg)), ""]
     lines += [f"- {n}" for n in notes(df)]
+    lines += ["", *paired_markdown(paired.comparisons(df, agg), len(agg))]
     if images:
-        lines += ["", "## Figures", ""]
+        lines += ["## Figures", ""]
         lines += [f"![{Path(name).stem}]({name})" for name in images]
     path = reports_dir / "summary.md"
     path.write_text("\n".join(lines).rstrip("\n") + "\n")

@@ -94,6 +94,9 @@ def test_real_runs_give_every_basic_plot_and_the_summary(real_runs: Path, tmp_pa
     summary = (tmp_path / "summary.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith(("| head |", "| full |"))]
     assert len(rows) == 2 and all(" ± " in row for row in rows)
+    # The paired test of the two, where the harness wrote per-example predictions.
+    has_predictions = any(real_runs.glob(f"*/{R.PREDICTIONS_FILE}"))
+    assert ("\n| head vs full | " in summary) == has_predictions
     assert "| method | n | test accuracy (%) | trainable params | % of total |" in summary
     assert "![val_curves](val_curves.png)" in summary
 

@@ -1,0 +1,180 @@
+"""Paired tests on per-example predictions: known answers, seeds, and which pairs are compared."""
+
+from __future__ import annotations
+
+import json
+import math
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import dashboard, paired, results, summary
+from experiments import record as R
+
+
+def predictions(labels: list[int], predicted: list[int],
+                examples: list[int] | None = None) -> pd.DataFrame:
+    """A predictions file's frame, as the harness writes it (two classes)."""
+    labels_, predicted_ = np.asarray(labels), np.asarray(predicted)
+    p1 = np.where(predicted_ == 1, 0.8, 0.2)
+    return pd.DataFrame({R.PRED_EXAMPLE: np.arange(len(labels)) if examples is None else examples,
+                         R.PRED_LABEL: labels_, R.PRED_PREDICTED: predicted_,
+                         f"{R.PRED_PROB_PREFIX}0": 1 - p1, f"{R.PRED_PROB_PREFIX}1": p1})
+
+
+def _correct(labels: list[int], predicted_by_seed: list[list[int]]) -> pd.DataFrame:
+    runs = [predictions(labels, p).set_index(R.PRED_EXAMPLE) for p in predicted_by_seed]
+    found = paired.correctness(runs)
+    assert found is not None
+    return found
+
+
+def _outcomes(both: int, only_a: int, only_b: int, neither: int) -> tuple[list[int], ...]:
+    """Labels and two prediction lists with the given agreement counts (all labels 1)."""
+    labels = [1] * (both + only_a + only_b + neither)
+    a = [1] * both + [1] * only_a + [0] * only_b + [0] * neither
+    b = [1] * both + [0] * only_a + [1] * only_b + [0] * neither
+    return labels, a, b
+
+
+def test_identical_predictions_differ_by_nothing() -> None:
+    labels = [0, 1, 1, 0, 1, 0, 0, 1]
+    same = [0, 1, 0, 0, 1, 1, 0, 1]
+    c = paired.compare(_correct(labels, [same]), _correct(labels, [same]), "lora", "full")
+    assert c is not None
+    assert (c.diff, c.better_a, c.better_b, c.p_value) == (0.0, 0, 0, 1.0)
+    assert (c.ci_low, c.ci_high) == (0.0, 0.0) and c.n == 8 and c.test == "McNemar exact"
+    assert paired.sentence(c) == "lora vs full: 0.0 pt (95% CI 0.0 to 0.0), p = 1"
+
+
+def test_a_large_known_discordance_gives_the_exact_binomial_p() -> None:
+    labels, a, b = _outcomes(both=50, only_a=20, only_b=2, neither=28)
+    c = paired.compare(_correct(labels, [a]), _correct(labels, [b]))
+    assert c is not None
+    assert (c.better_a, c.better_b, c.n) == (20, 2, 100)
+    assert c.acc_a == pytest.approx(0.70) and c.acc_b == pytest.approx(0.52)
+    assert c.diff == pytest.approx(0.18)
+    # Two-sided exact McNemar: 2 * P(X <= 2), X ~ Binomial(22, 1/2).
+    by_hand = 2 * (comb(22, 0) + comb(22, 1) + comb(22, 2)) / 2**22
+    assert c.p_value == pytest.approx(by_hand, rel=1e-9)
+    assert by_hand == pytest.approx(1.2112e-4, rel=1e-3)
+    # The bootstrap interval lies around the difference and excludes no difference.
+    assert 0.0 < c.ci_low < 0.18 < c.ci_high < 0.36
+    assert paired.format_p(c.p_value) == "p < 0.001"
+
+
+def test_small_counts_and_balanced_disagreement() -> None:
+    assert paired.mcnemar_exact(3, 0) == pytest.approx(0.25)  # 2 * (1/2)^3
+    assert paired.mcnemar_exact(0, 0) == 1.0
+    assert paired.mcnemar_exact(5, 5) == pytest.approx(1.0)
+    labels, a, b = _outcomes(both=10, only_a=5, only_b=5, neither=10)
+    c = paired.compare(_correct(labels, [a]), _correct(labels, [b]))
+    assert c.diff == 0.0 and c.p_value == pytest.approx(1.0) and c.ci_low < 0 < c.ci_high
+
+
+def test_the_bootstrap_is_reproducible() -> None:
+    d = np.random.default_rng(3).choice([-1.0, 0.0, 1.0], size=200, p=[0.1, 0.75, 0.15])
+    assert paired.paired_bootstrap(d) == paired.paired_bootstrap(d)
+    low, high = paired.paired_bootstrap(d)
+    assert low < d.mean() < high
+
+
+def test_several_seeds_are_averaged_per_example_and_sign_tested() -> None:
+    labels = [1, 1, 1, 1, 0, 0]
+    a = _correct(labels, [[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 1]])  # 5/6 and 3/6 right
+    b = _correct(labels, [[1, 0, 0, 0, 0, 0]])  # 3/6 right
+    assert a["correct"].tolist() == [1.0, 1.0, 0.5, 0.0, 1.0, 0.5]
+    c = paired.compare(a, b)
+    # The difference is the difference of the mean accuracies over seeds, as the table shows.
+    assert c.diff == pytest.approx((5 / 6 + 3 / 6) / 2 - 3 / 6)
+    # Per example a - b = [0, 1, 0.5, 0, 0, -0.5]: a does better on two examples (one of them
+    # in half its seeds), b on one.
+    assert (c.better_a, c.better_b) == (2, 1)
+    assert c.test == "sign test" and (c.seeds_a, c.seeds_b) == (2, 1)
+    assert c.p_value == pytest.approx(1.0)  # 2 vs 1 of 3 is nothing
+
+
+def test_seeds_of_different_splits_are_not_averaged() -> None:
+    one = predictions([0, 1, 1], [0, 1, 0]).set_index(R.PRED_EXAMPLE)
+    other = predictions([0, 1, 1], [0, 1, 0], examples=[0, 1, 5]).set_index(R.PRED_EXAMPLE)
+    relabelled = predictions([1, 1, 1], [0, 1, 0]).set_index(R.PRED_EXAMPLE)
+    assert paired.correctness([one, other]) is None
+    assert paired.correctness([one, relabelled]) is None
+    assert paired.compare(_correct([0, 1, 1], [[0, 1, 0]]), _correct([1, 1, 1], [[0, 1, 0]])) \
+        is None
+
+
+def _record(runs_dir: Path, method: str, seed: int, labels: list[int], predicted: list[int] | None,
+            **config: object) -> None:
+    """A minimal finished record (and its predictions file, unless predicted is None)."""
+    cfg = {R.C_DATA: "rotten_tomatoes", R.C_EVAL_SIZE: 0, R.METHOD: method, R.C_SEED: seed,
+           **config}
+    chash = f"{method}-" + "-".join(f"{k}{v}" for k, v in sorted(config.items()))
+    run_dir = runs_dir / f"{chash}-{seed}"
+    run_dir.mkdir(parents=True)
+    acc = None if predicted is None else float(np.mean(np.equal(labels, predicted)))
+    record = {R.SCHEMA_KEY: R.SCHEMA, R.RUN_ID: run_dir.name, R.METHOD: method,
+              R.CONFIG_HASH: chash, R.STATUS: R.FINISHED, R.CONFIG: cfg,
+              R.METRICS: {R.TEST_ACCURACY: acc if acc is not None else 0.5}}
+    (run_dir / R.RECORD_FILE).write_text(json.dumps(record))
+    if predicted is not None:
+        predictions(labels, predicted).to_parquet(run_dir / R.PREDICTIONS_FILE, index=False)
+
+
+def test_pairs_share_a_test_split_and_show_in_summary_and_dashboard(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    labels, good, bad = _outcomes(both=40, only_a=15, only_b=1, neither=4)
+    _record(runs, "lora", 0, labels, good)
+    _record(runs, "lora", 1, labels, good)
+    _record(runs, "full", 0, labels, bad)
+    _record(runs, "head", 0, labels, None)  # no predictions file: never paired
+    _record(runs, "embedding", 0, labels[:30], bad[:30], eval_size=30)  # another test split
+    df = results.load_records(runs)
+    found = paired.comparisons(df)
+    assert [(c.a, c.b) for c in found] == [("lora", "full")]
+    c = found[0]
+    assert (c.better_a, c.better_b, c.seeds_a, c.seeds_b) == (15, 1, 2, 1)
+    assert c.test == "sign test"  # two seeds of lora: per-example shares, here all 0 or 1
+    assert c.p_value == pytest.approx(2 * (1 + 16) / 2**16)
+    assert "warning" not in capsys.readouterr().err
+
+    agg = results.aggregate(results.finished(df))
+    out = summary.write_summary(df, agg, tmp_path / "reports").read_text()
+    assert "## Paired comparisons (same test examples)" in out
+    row = next(line for line in out.splitlines() if line.startswith("| lora vs full"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:5] == ["lora vs full", "+23.3", cells[2], "< 0.001", "60"]
+    assert cells[5:] == ["15 / 1", "2, 1", "sign test"]
+    assert "not corrected for the 1 comparisons" in out
+
+    page = dashboard.build_html(df, "test")
+    assert "<td>lora vs full</td><td>+23.3</td>" in page
+
+
+def test_no_predictions_no_pairs(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _record(runs, "lora", 0, [1, 0], None)
+    _record(runs, "full", 0, [1, 0], None)
+    df = results.load_records(runs)
+    assert paired.comparisons(df) == []
+    lines = summary.paired_markdown([], 2)
+    assert "no paired test" in lines[2] and R.PREDICTIONS_FILE in lines[2]
+
+
+def test_a_config_whose_labels_disagree_is_skipped_with_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    _record(runs, "lora", 0, [1, 1, 0, 0], [1, 1, 0, 1])
+    _record(runs, "full", 0, [0, 1, 0, 0], [1, 1, 0, 1])  # same split settings, other labels
+    assert paired.comparisons(results.load_records(runs)) == []
+    assert "no paired test of lora and full" in capsys.readouterr().err
+
+
+def test_format_p() -> None:
+    assert paired.format_p(0.4123) == "p = 0.41" and paired.format_p(0.0031) == "p = 0.0031"
+    assert paired.format_p(0.0004) == "p < 0.001" and paired.format_p(1.0) == "p = 1"
+    assert paired.format_p(math.nan) == "p = —"
