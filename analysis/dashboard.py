@@ -40,8 +40,9 @@ CAPTIONS = {
     "accuracy_vs_params": "Test accuracy against trainable parameters (log scale); "
                           "error bars are 95% t-intervals over seeds.",
     "accuracy_vs_memory": "Test accuracy against the measured peak of a training step (live "
-                          "tensor bytes); the dashed line is the Pareto frontier (no "
-                          "configuration uses less memory for more accuracy).",
+                          "tensor bytes; horizontal bars: the range over seeds, whose batches "
+                          "differ); the dashed line is the Pareto frontier (no configuration "
+                          "uses less memory for more accuracy).",
     "memory_breakdown": "Memory by category at the measured peak (or, for older records, the "
                         "ledger's counts), with the formula's prediction and the measured step "
                         "peak marked.",
@@ -73,7 +74,7 @@ SECTIONS = (
     ("Provenance", (f"{R.ENV}.", R.CONFIG_HASH, R.EXPERIMENT, results.RECORD_FILE, R.STARTED_AT,
                     R.FINISHED_AT, R.ERROR, results.SOURCE, R.SCHEMA_KEY)),
 )
-FIGURE_DPI = 200  # shown at half its pixel size: crisp on high-density screens, text at 100 dpi
+FIGURE_DPI = 200  # twice the figures' 100 dpi (style.RC): shown at half, crisp on dense screens
 
 
 @cache
@@ -205,11 +206,12 @@ def _figure_html(name: str, fig: Figure, agg: pd.DataFrame) -> str:
     caption = CAPTIONS.get(name, name)
     if name == "accuracy_vs_memory" and unmeasured(agg):
         caption += " Configurations whose records predate the measured step are not placed."
-    # Shown at half the rendered pixels (FIGURE_DPI is twice matplotlib's 100 dpi).
+    # Shown at 100 pixels per inch, the figures' own dpi: text at its point size, crisp where
+    # the screen has more pixels than CSS does.
+    w, h = round(width * 100 / FIGURE_DPI), round(height * 100 / FIGURE_DPI)
     return (f"<figure id='fig-{name}'><img alt='{html.escape(name)}' src='{uri}' "
-            f"width='{width // 2}' height='{height // 2}'>"
-            f"<figcaption style='max-width:{width // 2}px'>{html.escape(caption)}</figcaption>"
-            f"</figure>")
+            f"width='{w}' height='{h}'>"
+            f"<figcaption style='max-width:{w}px'>{html.escape(caption)}</figcaption></figure>")
 
 
 def build_html(df: pd.DataFrame, source: str = "", figs: dict[str, Figure] | None = None) -> str:

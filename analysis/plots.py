@@ -67,6 +67,19 @@ CATEGORIES = (
 _EXTRA_GREYS = ("#4d4d4d", "#999999", "#cccccc", "#ebebeb")  # categories the record adds later
 
 
+def _span(row: pd.Series, column: str) -> list[list[float]] | None:
+    """The range over seeds as an error bar: memory is measured, not sampled.
+
+    Seeds differ in memory only by their batches (a longer padded batch saves more
+    activations); a t-interval from two such values (t = 12.7) would claim a spread no run
+    showed and, on a log axis, reach across the plot.
+    """
+    mean, lo, hi = (number(row.get(c)) for c in (column, f"{column}.min", f"{column}.max"))
+    if math.isnan(lo) or math.isnan(hi) or lo == hi:
+        return None
+    return [[mean - lo], [hi - mean]]
+
+
 def _err(row: pd.Series, column: str, scale: float = 1.0) -> float | None:
     """The CI half-width for an error bar, or None (n = 1 has no interval to draw)."""
     half = number(row.get(f"{column}.ci95"))
@@ -195,11 +208,8 @@ def accuracy_vs_memory(agg: pd.DataFrame) -> Figure | None:
             label="Pareto frontier")
     for row, x in zip(rows, xs, strict=True):
         color, marker, _ = styles[row[R.CONFIG_HASH]]
-        half = _err(row, MEASURED)
-        # An interval reaching below the axis (two noisy seeds) is cut at the axis, not drawn
-        # across the whole log-scaled plot.
-        xerr = None if half is None else [[min(half, x - left)], [half]]
-        ax.errorbar(x, 100 * row[ACC], xerr=xerr, yerr=_err(row, ACC, 100), fmt=marker,
+        ax.errorbar(x, 100 * row[ACC], xerr=_span(row, MEASURED), yerr=_err(row, ACC, 100),
+                    fmt=marker,
                     color=color, label=_legend_label(row), zorder=3, **_markers())
     if log:
         ax.set_xscale("log")
@@ -211,7 +221,7 @@ def accuracy_vs_memory(agg: pd.DataFrame) -> Figure | None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs memory")
     missing = unmeasured(agg)
-    title = CI_NOTE
+    title = "accuracy: mean ± 95% CI over seeds; memory: mean, bars the range over seeds"
     if missing:  # said where it cannot cover a point: with the legend, which has its own room
         title += "\n" + textwrap.fill("not placed (no measured peak in the record): "
                                       + ", ".join(missing), 90)
@@ -248,8 +258,9 @@ def breakdown_parts(agg: pd.DataFrame) -> tuple[list[tuple[str, str, np.ndarray]
     activations saved on the first step).
     """
     prefix = f"{results.MEASURED_AT_PEAK}."
-    measured_cols = [c for c in agg.columns if c.startswith(prefix) and not c.endswith(
-        (".std", ".ci95"))]
+    # One column per category (aggregate adds `.std`, `.ci95`, `.min`, `.max` beside each).
+    measured_cols = [c for c in agg.columns if c.startswith(prefix)
+                     and "." not in c.removeprefix(prefix)]
     values = {c: pd.to_numeric(agg[c], errors="coerce").to_numpy(float) for c in measured_cols}
     has_measured = (np.any([~np.isnan(v) for v in values.values()], axis=0) if values
                     else np.zeros(len(agg), bool))
@@ -299,10 +310,14 @@ def memory_breakdown(agg: pd.DataFrame) -> Figure | None:
                            markerfacecolor="none", markeredgewidth=1.4, zorder=4,
                            label="predicted (formula)")
     if _has(agg, MEASURED):
-        ax.errorbar(agg[MEASURED], y, xerr=agg.get(f"{MEASURED}.ci95"), fmt="none",
-                    ecolor="black", capsize=3, zorder=5)
+        for i, (_, row) in enumerate(agg.iterrows()):
+            span = _span(row, MEASURED)
+            if span is not None:
+                ax.errorbar(row[MEASURED], i, xerr=span, fmt="none", ecolor="black", capsize=3,
+                            zorder=5)
         handles += ax.plot(agg[MEASURED], y, "x", color="black", markersize=7.5,
-                           markeredgewidth=1.8, zorder=5, label="measured step peak")
+                           markeredgewidth=1.8, zorder=5,
+                           label="measured step peak (mean; bar: range over seeds)")
     nothing = np.isnan(pd.to_numeric(agg.get(MEASURED, pd.Series(np.nan, agg.index)),
                                      errors="coerce").to_numpy(float)) & (left == 0)
     for i in np.flatnonzero(nothing):  # say why a row is empty rather than leave a blank

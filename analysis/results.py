@@ -345,7 +345,8 @@ def _first(series: pd.Series) -> Any:
 
 def aggregate(df: pd.DataFrame, columns: Iterable[str] = STAT_COLUMNS,
               confidence: float = 0.95) -> pd.DataFrame:
-    """One row per config_hash: `<col>` is the mean over seeds, with `<col>.std`, `<col>.ci95`.
+    """One row per config_hash: `<col>` is the mean over seeds, with `<col>.std`, `<col>.ci95`
+    and the range, `<col>.min` and `<col>.max`.
 
     Other columns take the first run's value (they are equal across seeds of one configuration),
     `n` counts runs, `seeds` and `run_ids` list them, `label` names the configuration, `smoke`
@@ -368,6 +369,8 @@ def aggregate(df: pd.DataFrame, columns: Iterable[str] = STAT_COLUMNS,
         for c in stat:
             s = mean_ci(group[c], confidence)
             row[c], row[f"{c}.std"], row[f"{c}.ci95"] = s["mean"], s["std"], s["ci"]
+            values = pd.to_numeric(group[c], errors="coerce")
+            row[f"{c}.min"], row[f"{c}.max"] = values.min(), values.max()
         if R.VAL_HISTORY in group:
             row[R.VAL_HISTORY] = list(group[R.VAL_HISTORY])
         rows.append(row)

@@ -150,16 +150,17 @@ class CountFormatter(Formatter):
         return human_count(x)
 
 
-def bytes_axis(axis: matplotlib.axis.Axis, log: bool = False, max_ticks: int = 7) -> None:
-    """Label an axis's ticks in KiB/MiB/GiB (powers of two when logarithmic)."""
+def bytes_axis(axis: matplotlib.axis.Axis, log: bool = False,
+               max_ticks: int | None = None) -> None:
+    """Label an axis's ticks in KiB/MiB/GiB (powers of two when logarithmic), max_ticks or so."""
     from matplotlib.ticker import NullFormatter, NullLocator
 
     if log:
-        axis.set_major_locator(Log2BytesLocator(max_ticks))
+        axis.set_major_locator(Log2BytesLocator(max_ticks or 8))
         axis.set_minor_locator(NullLocator())
         axis.set_minor_formatter(NullFormatter())
     else:
-        axis.set_major_locator(BytesLocator(max_ticks - 1))
+        axis.set_major_locator(BytesLocator((max_ticks or 7) - 1))
     axis.set_major_formatter(BytesFormatter(log=log))
 
 

@@ -116,7 +116,9 @@ def test_ledger_and_rank_sweep_plots(sweep_runs: Path, tmp_path: Path) -> None:
         assert legend[:6] == ["weights", "gradients", "optimizer state", "activations",
                               "temporaries", "buffers, inputs, weight casts"]
         assert "optimizer temporaries" not in legend  # zero in every record
-        assert "predicted (formula)" in legend and "measured step peak" in legend
+        assert not [t for t in legend if t.endswith((".min", ".max", ".std", ".ci95"))]
+        assert "predicted (formula)" in legend
+        assert "measured step peak (mean; bar: range over seeds)" in legend
         # The soft prompt's record predates the measured step: its ledger is drawn hatched,
         # and the legend says so; the embedding's has no memory figures: said on the plot.
         assert "ledger count (no measured step in record)" in legend
