@@ -61,6 +61,12 @@ def env_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_local_world() -> int:
+    """LOCAL_WORLD_SIZE: the processes torchrun started on this machine (several machines: a
+    part of WORLD_SIZE; without it, WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", env_world()))
+
+
 def env_rank() -> int:
     """RANK as torchrun set it (0 without torchrun)."""
     return int(os.environ.get("RANK", "0"))
@@ -78,7 +84,9 @@ def setup(requested: str, device: torch.device, batch_size: int) -> DistInfo:
         raise UserError(f"dist={how!r} is not one of: {', '.join(STRATEGIES)}")
     if world == 1:
         return SINGLE
-    launch.check_nproc(world, device.type)
+    # Each machine gives its own processes a core or device each: 2 nodes x 8 GPUs is 16
+    # processes, 8 per machine.
+    launch.check_nproc(env_local_world(), device.type)
     if batch_size % world:
         fit = batch_size // world * world or world
         raise UserError(f"batch_size={batch_size} is not divisible by {world} processes; the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from methods.base import MethodError
@@ -39,7 +40,7 @@ def save(model: nn.Module, out_dir: str | Path) -> dict[str, str]:
     bars = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # a bar per shard written would interleave with the run's
     try:
-        model.backbone.save_pretrained(out / BACKBONE_DIR)
+        model.backbone.save_pretrained(out / BACKBONE_DIR, state_dict=_full_state(model.backbone))
     finally:
         if bars:
             logging.enable_progress_bar()
@@ -49,6 +50,18 @@ def save(model: nn.Module, out_dir: str | Path) -> dict[str, str]:
     save_file({f"classifier.{n}": p.detach().cpu().clone()
                for n, p in model.classifier.named_parameters()}, str(out / HEAD_FILE))
     return {"backbone": BACKBONE_DIR, "head": HEAD_FILE}
+
+
+def _full_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """What `state_dict()` holds (parameters and persistent buffers), read from the tensors the
+    module holds now: a sharded (FSDP) model whose shards are gathered holds full tensors, while
+    its `state_dict()` would return (or touch) the shards."""
+    state = dict(module.named_parameters(remove_duplicate=False))
+    for prefix, sub in module.named_modules(remove_duplicate=False):
+        for name, buf in sub.named_buffers(recurse=False):
+            if buf is not None and name not in sub._non_persistent_buffers_set:
+                state[f"{prefix}.{name}" if prefix else name] = buf
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
 def load(model: nn.Module, in_dir: str | Path) -> None:
