@@ -177,12 +177,13 @@ def run_config(manifest: dict[str, Any]) -> Config:
     return resolve(flatten(manifest[M_CONFIG]))
 
 
-def base_model(folder: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
+def base_model(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model, tokenizer, manifest): the run's backbone and an untrained head, before the method
     changes anything: what `peft.PeftModel.from_pretrained(model, folder / "peft")` expects."""
     from experiments.backbones import load_backbone
     from experiments.runtime import seed_everything
 
+    folder = Path(folder)
     manifest = read_manifest(folder)
     cfg = run_config(manifest)
     formats = manifest[M_FORMATS]
@@ -195,8 +196,9 @@ def base_model(folder: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     return model, tok, manifest
 
 
-def load_model(folder: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
+def load_model(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, manifest): the trained model a run saved, rebuilt."""
+    folder = Path(folder)
     model, tok, manifest = base_model(folder)
     cfg = run_config(manifest)
     method = METHODS[cfg.method]
