@@ -161,8 +161,8 @@ def _wandb_row(run: Any, history: bool) -> dict[str, Any]:
         R.CONFIG_HASH: config.pop(R.CONFIG_HASH, None) or run.id,
         R.STATUS: _WANDB_STATUS.get(getattr(run, "state", ""), getattr(run, "state", None)),
         **flatten(config, f"{R.CONFIG}."), SOURCE: "wandb",
-        col(R.ENV, "wandb.path"): "/".join(getattr(run, "path", []) or []) or None,
-        col(R.ENV, "wandb.url"): getattr(run, "url", None),
+        col(R.ENV, col(R.WANDB, "path")): "/".join(getattr(run, "path", []) or []) or None,
+        col(R.ENV, col(R.WANDB, "url")): getattr(run, "url", None),
     }
     for key, value in summary.items():
         if isinstance(value, dict):  # W&B keeps histograms and tables as dicts; not results
