@@ -1,4 +1,4 @@
-"""Checkpoints a run can continue from exactly, and the data order that makes that possible.
+"""Checkpoints a run can continue from exactly (the data order is `experiments.batching`).
 
 A checkpoint holds only what changes during training: the trainable parameters (never the frozen
 backbone, which is reloaded from its source), optimizer and scheduler state, every RNG state, the
@@ -12,7 +12,6 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,48 +22,6 @@ from torch import nn
 from experiments import record as R
 from experiments.distributed import DistInfo
 from experiments.parallel import unwrap
-
-
-class EpochOrder(torch.utils.data.Sampler[int]):
-    """A seeded permutation per epoch, started at any position and sharded across ranks.
-
-    The order of epoch e depends only on (seed, e), so a resumed run sees the same batches as an
-    uninterrupted one. With several ranks, every global batch of `batch_size` indices is cut into
-    `world` contiguous slices and rank r takes slice r: the ranks together see exactly the
-    single-process batch.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world = rank, world
-        self.epoch, self.start_batch = 0, 0
-
-    def set_position(self, epoch: int, start_batch: int = 0) -> None:
-        """Iterate epoch `epoch` (0-based) from global batch `start_batch` on."""
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def global_order(self) -> torch.Tensor:
-        """The permutation of this epoch."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=gen)
-
-    def __iter__(self) -> Iterator[int]:
-        order = self.global_order()
-        per_rank = self.batch_size // self.world
-        for b in range(self.start_batch, len(self.batches())):
-            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
-            # the last, short batch is split as evenly as possible
-            size = per_rank if len(batch) == self.batch_size else -(-len(batch) // self.world)
-            yield from batch[self.rank * size:(self.rank + 1) * size].tolist()
-
-    def batches(self) -> range:
-        """Global batch indices of one epoch."""
-        return range(-(-self.n // self.batch_size))
-
-    def __len__(self) -> int:
-        # An upper bound for this rank; the harness counts steps with `batches()`, not this.
-        remaining = max(0, self.n - self.start_batch * self.batch_size)
-        return -(-remaining // self.world)
 
 
 def rng_state() -> dict[str, Any]:

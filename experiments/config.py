@@ -57,6 +57,8 @@ class Config:
     epochs: int = _f(2, "passes over the train split")
     max_steps: int = _f(0, "stop after this many optimizer steps (0 = run all epochs)")
     batch_size: int = _f(32, "examples per optimizer step (global, across processes)")
+    group_by_length: int = _f(50, "length-grouped batches: shuffle, sort mega-batches of this "
+                              "many batches by length (far less padding); 0 = random batches")
     eval_batch_size: int = _f(128, "examples per evaluation forward pass")
     lr: float = _f(5e-5, "peak learning rate of AdamW")
     weight_decay: float = _f(0.01, "AdamW weight decay (matrices only; not biases or norms)")
@@ -68,8 +70,8 @@ class Config:
     log_every: int = _f(10, "log train/loss and train/lr every N steps")
     seed: int = _f(0, "seed for model init, data order and dropout")
     device: str = _f("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
-    precision: str = _f("auto", "auto (bf16-mixed on CUDA, fp32 on CPU), fp32, bf16-mixed, "
-                        "mixed-12n")
+    precision: str = _f("auto", "auto (bf16-mixed on CUDA and on CPUs with native bf16, else "
+                        "fp32), fp32, bf16-mixed, mixed-12n")
     name: str = _f("", "experiment name: the W&B group (default: the method name)")
     runs_dir: str = _f("", "where run records go (default: $RUNS_DIR or ./runs)")
     wandb: str = _f("auto", "auto (online if logged in, else offline), online, offline, disabled")
@@ -228,7 +230,7 @@ def validate(cfg: Config) -> None:
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key}={getattr(cfg, key)} must be a positive integer")
     for key in ("epochs", "max_steps", "train_size", "eval_size", "eval_every",
-                "checkpoint_every"):
+                "checkpoint_every", "group_by_length"):
         if getattr(cfg, key) < 0:
             raise UserError(f"{key}={getattr(cfg, key)} must be >= 0")
     if cfg.epochs == 0 and cfg.max_steps == 0:

@@ -5,7 +5,7 @@ Run the harness on G processes with torchrun (it sets RANK, WORLD_SIZE and LOCAL
     make experiment METHOD=lora NPROC=2 ARGS="dist=fsdp"
 
 The global batch stays `batch_size` (each rank takes its contiguous slice of every batch, see
-`checkpoint.EpochOrder`), so the loss trajectory matches one process. Evaluation shards each
+`batching.EpochOrder`), so the loss trajectory matches one process. Evaluation shards each
 split and gathers predictions, so every example counts exactly once. Only rank 0 writes the run
 folder, the record and W&B; checkpoints and exports gather full tensors onto rank 0.
 
@@ -142,14 +142,14 @@ def gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat(gather_objects(t.cpu(), info))
 
 
-def global_mean(loss: torch.Tensor, n: int, info: DistInfo) -> tuple[float, int]:
-    """(mean loss over the whole global batch, its size): weighted by each rank's rows."""
+def global_mean(loss: torch.Tensor, info: DistInfo) -> float:
+    """The global batch's mean loss: each rank's loss is already its share of that mean (the
+    harness divides each rank's sum by the global rows over the world size), so average them."""
     if not info.enabled:
-        return loss.item(), n
-    t = torch.tensor([loss.detach().double().item() * n, float(n)], dtype=torch.float64,
-                     device=loss.device if info.backend == "nccl" else "cpu")
+        return loss.item()
+    t = loss.detach().double().reshape(1).to(loss.device if info.backend == "nccl" else "cpu")
     dist.all_reduce(t)
-    return float(t[0] / t[1]), int(t[1])
+    return float(t[0]) / info.world
 
 
 def shards(info: DistInfo) -> int:

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from experiments import checkpoint, distributed, parallel
 from experiments import record as R
+from experiments.batching import IGNORE_INDEX, EpochOrder, PaddedRows, token_lengths
 from experiments.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 from experiments.config import (
     Config,
@@ -84,11 +86,20 @@ def warmup_linear(total_steps: int, warmup_ratio: float) -> Any:
     return factor
 
 
-def forward_backward(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                     ctx: Context) -> torch.Tensor:
-    """The loss of one batch (on the device, under the run's autocast), backpropagated."""
+def forward_backward(model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: Context,
+                     rows: float | None = None) -> torch.Tensor:
+    """The loss of one batch (on the device, under the run's autocast), backpropagated.
+
+    The cross-entropy is summed over the batch's labelled rows and divided by `rows` (default:
+    those rows, the mean). Under several processes `rows` is the global batch's rows over the
+    world size: DDP then averages the ranks' gradients into the single-process mean, also for a
+    short last batch whose rows are unevenly spread (a padding row's label is ignored)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"]
     with ctx.autocast():
-        loss = model(**batch).loss
+        logits = model(**inputs).logits
+    loss = F.cross_entropy(logits.float(), labels, reduction="sum", ignore_index=IGNORE_INDEX)
+    loss = loss / (rows if rows is not None else (labels != IGNORE_INDEX).sum().clamp(min=1))
     loss.backward()
     return loss
 
@@ -221,6 +232,7 @@ class Loop:
         self.test_predictions: Any = None  # experiments.evaluation.Predictions, after test
         self.optimizer: Any = None
         self.scheduler: Any = None
+        self.order: EpochOrder | None = None
 
     def progress(self) -> dict[str, Any]:
         """Where the loop is, and the counters a resumed run continues from."""
@@ -268,13 +280,15 @@ class Loop:
         model = self.model = parallel.wrap(model, ctx.dist)  # after the hook: it runs plain
 
         world = ctx.dist.world  # each rank takes its slice of every global batch
-        order = checkpoint.EpochOrder(len(splits["train"]), cfg.batch_size, cfg.seed,
-                                      ctx.dist.rank, world)
+        lengths = token_lengths(splits["train"]) if cfg.group_by_length else None
+        order = EpochOrder(len(splits["train"]), cfg.batch_size, cfg.seed, ctx.dist.rank, world,
+                           lengths=lengths, group=cfg.group_by_length)
+        self.order = order
         # Each DataLoader iterator draws a seed from its generator; a private one keeps those
         # draws off the global RNG, so dropout masks do not depend on when iterators start.
         loader_rng = torch.Generator().manual_seed(cfg.seed)
-        train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size // world,
-                                  sampler=order, collate_fn=collate, generator=loader_rng)
+        train_loader = DataLoader(PaddedRows(splits["train"]), batch_sampler=order,
+                                  collate_fn=collate, generator=loader_rng)
         eval_loaders = {k: eval_loader(splits[k], cfg.eval_batch_size, collate, ctx.dist,
                                        loader_rng)
                         for k in ("validation", "test")}
@@ -326,11 +340,12 @@ class Loop:
         """One optimizer step; a non-finite loss stops the run before the update."""
         cfg, t = self.cfg, time.perf_counter()
         batch = self.ctx.to_device(batch)
+        # The loss is averaged over the global batch's rows (all ranks), as in one process.
+        rows = self.order.global_size(self.batch_in_epoch)
         with probe.step(batch):  # forward to optimizer step; measured once per run
-            loss = forward_backward(self.model, batch, self.ctx)
-            # The mean over the global batch (all ranks); also syncs, so the step time is real.
-            self.loss_value, rows = distributed.global_mean(loss, len(batch["labels"]),
-                                                            self.ctx.dist)
+            loss = forward_backward(self.model, batch, self.ctx, rows / self.ctx.dist.world)
+            # The global mean (all ranks); also syncs, so the step time is real.
+            self.loss_value = distributed.global_mean(loss, self.ctx.dist)
             if not math.isfinite(self.loss_value):
                 raise NonFiniteLoss(f"loss is {self.loss_value} at step {self.step + 1}; the "
                                     f"weights were not updated (last checkpoint: "

@@ -29,6 +29,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # precision=auto is fp32 in tests whatever the CPU (bf16 where it is native): the same
+    # numbers on every CI machine; tests of the bf16 path ask for it explicitly.
+    monkeypatch.setenv("TUNEBENCH_CPU_BF16", "0")
 
 
 @pytest.fixture

@@ -97,6 +97,23 @@ def test_same_loss_trajectory_as_one_process(nodrop: str, method: str, strategy:
         _ledger_is_16n_over_g(many, nodrop)
 
 
+@NEEDS_TWO
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_short_last_batch_neither_hangs_nor_reweights(nodrop: str, strategy: str,
+                                                        tmp_path: Path) -> None:
+    """97 rows in batches of 16: the last global batch has 1 row, so rank 1's share is empty.
+    Both ranks still take 7 steps (rank 1 a padding row), and that step's loss is the single
+    row's, as in one process (it used to hang: rank 0 took 7 steps, rank 1 took 6)."""
+    args = [f"model={nodrop}", "method=full", "train_size=97", "batch_size=16", "eval_size=32",
+            "epochs=1", "log_every=1", "classifier_dropout=0", "wandb=disabled",
+            "progress=false", "lr=1e-3"]
+    one = _single(args)
+    many = _torchrun([*args, f"dist={strategy}"], tmp_path / "dist")
+    a, b = _losses(one), _losses(many)
+    assert len(a) == len(b) == one["steps"] == many["steps"] == 7
+    assert b == pytest.approx(a, rel=RTOL[strategy]), (a, b)
+
+
 def _same_checkpoint(one: dict[str, Any], many: dict[str, Any]) -> None:
     """The checkpoint holds full tensors (gathered on rank 0), equal to one process's."""
     full = torch.load(Path(many["record_path"]).with_name("checkpoint") / "state.pt",

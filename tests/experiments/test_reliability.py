@@ -63,11 +63,11 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, call: int, how: str) -> None:
 
     def forward(self: model_mod.Classifier, *a: object, **k: object) -> object:
         out = real(self, *a, **k)
-        if self.training and out.loss is not None:
+        if self.training:  # a training step (the harness computes the loss from the logits)
             calls["n"] += 1
             if calls["n"] == call:
                 if how == "nan":
-                    out.loss = out.loss * float("nan")
+                    out.logits = out.logits * float("nan")
                 elif how == "interrupt":
                     raise KeyboardInterrupt
                 else:
