@@ -28,7 +28,7 @@ from bench.workloads import Settings
 from experiments.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, split
 from experiments.config import UserError, coerce, parse_overrides
 
-SECTIONS = ("methods", "peft", "inference", "scaling")
+SECTIONS = ("methods", "peft", "inference", "scaling", "levers")
 USAGE = ("usage: python -m bench [--smoke] [--only " + ",".join(SECTIONS) +
          "] [--out DIR] [--device auto|cpu|cuda] [--rounds N] [--no-progress] "
          "[--from-json FILE] [model=... batch_size=N seq_len=N seed=N]")
@@ -38,7 +38,9 @@ def smoke_settings(device: torch.device, precision: str) -> Settings:
     """A tiny random BERT, a few steps of everything: seconds, for the test suite."""
     return Settings(device, precision, model="tiny-bert", batch_size=4, seq_len=16, warmup=2,
                     rounds=3, pairs=3, infer_rounds=(3, 3), ranks=(1, 4), seqs=(16, 32),
-                    scale_rounds=2, progress=False)
+                    scale_rounds=2, progress=False,
+                    lever_sizes=("train_size=48", "eval_size=16", "max_steps=3",
+                                 "batch_size=16"), lever_rounds=1)
 
 
 @dataclass
@@ -136,10 +138,10 @@ def load_results(path: Path) -> dict[str, Any]:
 
 def run_sections(s: Settings, sections: list[str]) -> dict[str, Any]:
     """Run the chosen sections in order; each result with its wall time."""
-    from bench import cost, inference, peft_vs_ours, scaling
+    from bench import cost, inference, levers, peft_vs_ours, scaling
 
     modules = {"methods": cost, "peft": peft_vs_ours, "inference": inference,
-               "scaling": scaling}
+               "scaling": scaling, "levers": levers}
     out = {}
     for name in sections:
         print(f"[bench] {name}", file=sys.stderr, flush=True)

@@ -234,6 +234,20 @@ HOW = [
     " taken within a round, move less than the medians.", ""]
 
 
+def _levers(sec: dict[str, Any]) -> list[str]:
+    out = ["## 5. What made the default run faster", "",
+           f"Short real runs of the harness (LoRA, `{' '.join(sec['sizes'])}`), medians of "
+           f"{sec['rounds']} rotated rounds: each lever alone on the plain run, then all of them "
+           "(the default). Step time is training time per step (batching shows only there); "
+           "end to end is the run's whole wall time.", ""]
+    out += _table(["run", "step s", "step × plain", "end to end s", "end to end × plain",
+                   "test acc"],
+                  [[r["lever"], f"{r['step_s']:.3f}", _x(r["step_vs_plain"]),
+                    f"{r['wall_s']:.1f}", _x(r["wall_vs_plain"]), f"{r['accuracy']:.3f}"]
+                   for r in sec["rows"]])
+    return [*out, ""]
+
+
 def write_markdown(res: dict[str, Any], path: Path, figures: list[Path],
                    json_path: Path) -> None:
     """Write BENCHMARKS.md atomically (a reader never sees half a file)."""
@@ -250,6 +264,8 @@ def write_markdown(res: dict[str, Any], path: Path, figures: list[Path],
         lines += _inference(secs["inference"])
     if "scaling" in secs:
         lines += _scaling(secs["scaling"], rel)
+    if "levers" in secs:
+        lines += _levers(secs["levers"])
     lines += HOW + [f"Raw samples: `{os.path.relpath(json_path, path.parent)}`.", ""]
     atomic_write_text(path, "\n".join(lines))
 

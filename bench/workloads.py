@@ -41,6 +41,9 @@ class Settings:
     # 16 too: at batch 32, full fine-tuning's activations pass its optimizer state below 32.
     seqs: tuple[int, ...] = (16, 32, 64, 128, 256)
     scale_rounds: int = 10  # timed steps per point of the scaling curves
+    # The levers section: short real runs (key=value sizes) and rounds of each.
+    lever_sizes: tuple[str, ...] = ("train_size=1024", "eval_size=256", "epochs=1")
+    lever_rounds: int = 2
     seed: int = 0
     progress: bool = True
 

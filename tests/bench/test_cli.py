@@ -26,11 +26,11 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
 def test_smoke_writes_json_markdown_and_figures(smoke: tuple[Path, dict[str, Any]]) -> None:
     out, res = smoke
     assert res["smoke"] is True and res["settings"]["model"] == "tiny-bert"
-    assert list(res["sections"]) == ["methods", "peft", "inference", "scaling"]
+    assert list(res["sections"]) == ["methods", "peft", "inference", "scaling", "levers"]
     assert res["machine"]["torch"] and res["machine"]["cores"] >= 1
     md = (out / "BENCHMARKS.md").read_text()
     for heading in ("## 1. Cost", "## 2. Our LoRA against PEFT", "## 3. Inference",
-                    "## 4. Scaling", "**Smoke run**"):
+                    "## 4. Scaling", "## 5. What made the default run faster", "**Smoke run**"):
         assert heading in md
     for name in ("bench_rank", "bench_seq"):
         for ext in ("png", "svg"):
@@ -67,6 +67,24 @@ def test_peft_section_compares_like_with_like(smoke: tuple[Path, dict[str, Any]]
     assert 0 < sec["ratios"]["step"] < 10 and 0 < sec["ratios"]["forward"] < 10
 
 
+def test_levers_are_real_runs_set_against_the_plain_one(
+        smoke: tuple[Path, dict[str, Any]]) -> None:
+    """Each lever row ran the harness with its own overrides; ratios are to the plain run."""
+    sec = smoke[1]["sections"]["levers"]
+    rows = {r["lever"]: r for r in sec["rows"]}
+    plain = sec["rows"][0]
+    assert plain["step_vs_plain"] == 1.0 and "precision=fp32" in plain["overrides"]
+    assert "group_by_length=0" in plain["overrides"]
+    default = rows["default (all levers)"]
+    assert {"precision=bf16-mixed", "group_by_length=50", "optimizer_impl=fused"} <= set(
+        default["overrides"])
+    for r in sec["rows"]:
+        assert r["step_s"] > 0 and r["wall_s"] > r["step_s"]
+        assert r["wall_vs_plain"] == pytest.approx(r["wall_s"] / plain["wall_s"])
+        samples = sec["samples"][r["lever"]]
+        assert len(samples) == sec["rounds"] and all(x["steps"] == 3 for x in samples)
+
+
 def test_inference_and_scaling_sections(smoke: tuple[Path, dict[str, Any]]) -> None:
     inf = smoke[1]["sections"]["inference"]
     assert set(inf["batches"]) == {"1", "4"}
@@ -85,7 +103,7 @@ def test_inference_and_scaling_sections(smoke: tuple[Path, dict[str, Any]]) -> N
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--only", "nope"], "choose from methods, peft, inference, scaling"),
+    (["--only", "nope"], "choose from methods, peft, inference, scaling, levers"),
     (["--frobnicate"], "unknown option --frobnicate"),
     (["--rounds", "1"], "must be an integer >= 2"),
     (["--rounds"], "--rounds needs a value"),
