@@ -133,9 +133,3 @@ def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
     real = sum(lengths[i] for b in batches for i in b)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
     return padded / max(1, real)
-
-
-def sorted_eval_batches(lengths: Sequence[int], batch: int) -> list[list[int]]:
-    """Evaluation batches of similar length (longest first): far less padding, same examples."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch] for i in range(0, len(order), batch)]

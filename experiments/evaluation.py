@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from experiments import distributed
+from experiments.batching import token_lengths
 from experiments.distributed import DistInfo
 
 
@@ -88,14 +89,17 @@ def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) 
     return out
 
 
-def eval_batches(n: int, batch: int, rank: int, world: int) -> tuple[list[list[int]], list[int]]:
+def eval_batches(n: int, batch: int, rank: int, world: int,
+                 order: list[int] | None = None) -> tuple[list[list[int]], list[int]]:
     """This rank's index lists per global eval batch, and how many of each are real rows.
 
-    Every rank gets a batch for every global batch (an empty share runs one padding row) so
-    all ranks make the same number of forward calls: FSDP all-gathers inside each."""
+    Global batches are cut from `order` (default: the split's order). Every rank gets a batch
+    for every global batch (an empty share runs one padding row) so all ranks make the same
+    number of forward calls: FSDP all-gathers inside each."""
+    order = list(range(n)) if order is None else order
     batches, real = [], []
     for start in range(0, n, batch):
-        idx = list(range(start, min(n, start + batch)))
+        idx = order[start:start + batch]
         size = -(-len(idx) // world)
         mine = idx[rank * size:(rank + 1) * size]
         real.append(len(mine))
@@ -104,12 +108,17 @@ def eval_batches(n: int, batch: int, rank: int, world: int) -> tuple[list[list[i
 
 
 def eval_loader(dataset: Any, batch: int, collate: Any, info: DistInfo,
-                generator: torch.Generator) -> DataLoader:
+                generator: torch.Generator, sort_by_length: bool = True) -> DataLoader:
     """A loader over this rank's share of a split; `real_sizes` marks padding rows and
-    `example_ids` names the real rows' indices in the split, in the order they come."""
-    if not info.enabled:
-        return DataLoader(dataset, batch_size=batch, collate_fn=collate, generator=generator)
-    batches, real = eval_batches(len(dataset), batch, info.rank, info.world)
+    `example_ids` names the real rows' indices in the split, in the order they come.
+
+    Batches hold examples of similar length (longest first), so little of an evaluation pass
+    is padding; `evaluate` puts the predictions back in the split's order."""
+    order = None
+    if sort_by_length:
+        lengths = token_lengths(dataset)
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep order
+    batches, real = eval_batches(len(dataset), batch, info.rank, info.world, order)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, generator=generator)
     loader.real_sizes = real
     loader.example_ids = [i for b, r in zip(batches, real, strict=True) for i in b[:r]]

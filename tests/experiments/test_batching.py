@@ -10,8 +10,8 @@ from experiments.batching import (
     EpochOrder,
     PaddedRows,
     padding_ratio,
-    sorted_eval_batches,
 )
+from experiments.evaluation import eval_batches
 from experiments.runtime import Context
 from experiments.train import forward_backward
 
@@ -102,12 +102,18 @@ def test_rank_losses_average_to_the_single_process_mean() -> None:
     assert loss.item() == 0 and not model.w.grad.any()
 
 
-def test_sorted_eval_batches_cover_every_example_once() -> None:
+def test_eval_batches_follow_the_length_order_and_cover_every_example_once() -> None:
     lengths = _lengths(300)
-    batches = sorted_eval_batches(lengths, 64)
-    assert sorted(i for b in batches for i in b) == list(range(300))
-    assert padding_ratio(lengths, batches) < padding_ratio(
-        lengths, [list(range(i, min(300, i + 64))) for i in range(0, 300, 64)])
+    order = sorted(range(300), key=lambda i: -lengths[i])
+    for world in (1, 2):
+        seen = []
+        for rank in range(world):
+            batches, real = eval_batches(300, 64, rank, world, order)
+            seen += [i for b, r in zip(batches, real, strict=True) for i in b[:r]]
+        assert sorted(seen) == list(range(300))
+    batches, _ = eval_batches(300, 64, 0, 1, order)
+    plain, _ = eval_batches(300, 64, 0, 1)
+    assert padding_ratio(lengths, batches) < 1.2 < 1.5 < padding_ratio(lengths, plain)
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(
