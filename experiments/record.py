@@ -28,7 +28,7 @@ SUPPORTED_SCHEMAS = (1,)
 # The order methods are listed in tables and plots: fewest trained parameters first. It is the
 # registry's order (`methods.METHODS`, which a test holds this to); methods unknown here sort
 # after these, by name.
-METHOD_ORDER = ("head", "bitfit", "ia3", "embedding", "soft_prompt", "prefix", "lora", "dora",
+METHOD_ORDER = ("head", "soft_prompt", "ia3", "bitfit", "prefix", "lora", "dora", "embedding",
                 "full")
 
 # Top-level keys.
