@@ -171,6 +171,12 @@ class StepTracker(TorchDispatchMode):
             self._mark([t], ACTIVATIONS)
         return t
 
+    def _resized(self, st: torch.UntypedStorage, size: int) -> Any:
+        out = self._resize(st, size)
+        if self._open and st in self._sid:
+            self._track(st, TEMPORARIES)  # keeps its category; notes the new size
+        return out
+
     def _before_update(self, *_: Any) -> None:
         self._mark_grads()
         self._in_update = True
@@ -194,10 +200,20 @@ class StepTracker(TorchDispatchMode):
         self._open = True
         self.seconds = time.perf_counter()
         self._saved.__enter__()
+        # FSDP2 allocates and frees its all-gathered weights with UntypedStorage.resize_, which
+        # no dispatch mode sees; MemTracker patches it for the same reason.
+        self._resize = torch.UntypedStorage.resize_
+        tracker = self
+
+        def resize_(st: torch.UntypedStorage, size: int) -> Any:  # a function: binds `st`
+            return tracker._resized(st, size)
+
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
+        torch.UntypedStorage.resize_ = self._resize  # type: ignore[method-assign]
         self._saved.__exit__(*exc)
         self._mark_grads()
         self._mark_state()

@@ -245,3 +245,18 @@ def test_categories_are_the_documented_ones() -> None:
                                          "optimizer_temporaries")
     assert set(memtrack.CATEGORIES) >= {"parameters", "buffers", "gradients", "optimizer_state",
                                         "activations", "temporaries", "weight_casts"}
+
+
+def test_storage_resized_in_place_is_followed() -> None:
+    """FSDP2 frees and re-allocates its all-gathered weights with UntypedStorage.resize_."""
+    model = torch.nn.Linear(4, 4)
+    buf = torch.empty(256)  # 1 KiB, alive before the step
+    tracker = StepTracker(model, None, [buf])
+    with tracker:
+        buf.untyped_storage().resize_(0)
+        model(torch.ones(1, 4)).sum().backward()
+        buf.untyped_storage().resize_(4096)  # 4 KiB again, in place
+    got = tracker.summary()
+    assert torch.UntypedStorage.resize_.__name__ == "resize_"  # torch's own again
+    assert got["measured_max"]["inputs"] == 4096  # 1 KiB, then nothing, then 4 KiB
+    assert got["measured_at_peak"]["inputs"] == 4096
