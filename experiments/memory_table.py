@@ -77,7 +77,8 @@ def row(record: dict[str, Any], label: str | None = None) -> dict[str, Any]:
                 "at_state_peak": mem.get(R.MEASURED_AT_STATE_PEAK, {}),
                 "temporaries": mem.get(R.OPTIMIZER_TEMPORARIES, []),
                 "model": record[R.MODEL]["name"],
-                "batch": "x".join(str(d) for d in _batch_shape(mem))})
+                "batch": "x".join(str(d) for d in _batch_shape(mem)),
+                "tokens": "input_ids" in mem.get(R.MEASURED_BATCH, {})})
     return out
 
 
@@ -175,8 +176,8 @@ def plot_breakdown(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     ax.set_yticks(ys, labels)
     ax.set_xlabel("MiB live at the step's peak (one training step, measured)")
     model = rows[0].get("model", "")
-    batch = rows[0].get("batch", "")
-    ax.set_title(f"Memory of one training step by category: {model}, batch {batch}")
+    tokens = next((r["batch"] for r in rows if r.get("tokens")), "")
+    ax.set_title(f"Memory of one training step by category: {model}, batch {tokens} tokens")
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     fig.legend(loc="outside lower center", ncol=4, fontsize=8, frameon=False)

@@ -407,7 +407,8 @@ def test_cuda_step_is_measured_both_ways(tmp_path: Path, precision: str) -> None
     assert mem["weight_casts_bytes"] > 0  # autocast's bf16 copies, apart from activations
     assert mem["cuda_max_allocated_bytes"] >= 0.99 * mem["measured_peak_bytes"]
     assert mem["cuda_vs_measured"] == mem["cuda_max_allocated_bytes"] / mem["measured_peak_bytes"]
-    assert mem["cuda_vs_measured"] < 2.0
+    # What else the allocator holds: cuBLAS workspaces, blocks rounded up to 512 bytes.
+    assert mem["cuda_max_allocated_bytes"] - mem["measured_peak_bytes"] < 128 * 2**20
     assert mem["cuda_run_max_allocated_bytes"] >= mem["cuda_max_allocated_bytes"]
     assert mem["optimizer_impl"] == ("fused" if precision == "bf16-mixed" else "loop")
     assert mem["state_vs_predicted"] == pytest.approx(1.0, abs=0.03 if precision == "bf16-mixed"

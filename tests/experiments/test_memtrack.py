@@ -260,3 +260,32 @@ def test_storage_resized_in_place_is_followed() -> None:
     assert torch.UntypedStorage.resize_.__name__ == "resize_"  # torch's own again
     assert got["measured_max"]["inputs"] == 4096  # 1 KiB, then nothing, then 4 KiB
     assert got["measured_at_peak"]["inputs"] == 4096
+
+
+@pytest.mark.gpu
+def test_cuda_step_matches_the_allocator_and_fused_holds_16n() -> None:
+    """On CUDA: the same categories; the allocator's maximum over the step is at least the
+    tracker's peak, and above it only by what the tracker cannot see (cuBLAS workspaces,
+    rounding, kernels' scratch)."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4096, 4096, bias=False).to(device)
+    optimizer = make_adamw([{"params": list(model.parameters()), "weight_decay": 0.01}], 1e-3,
+                           "bf16-mixed", "auto")
+    assert optimizer_impl(optimizer) == "fused"
+    x = torch.randn(64, 4096, device=device)
+    meter = StepMeter(model, optimizer, 2)
+    for _ in range(2):
+        with meter.step({"x": x}):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x).float().sum()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            del loss
+    got = meter.result
+    n = 4096 * 4096
+    assert got["measured_state_peak_bytes"] == 16 * n + F32
+    assert got["measured_max"]["weight_casts"] == BF16 * n
+    assert got["cuda_max_allocated_bytes"] >= got["measured_peak_bytes"]
+    assert got["cuda_max_allocated_bytes"] - got["measured_peak_bytes"] < 128 * 2**20
