@@ -35,8 +35,11 @@ from experiments.train import EXIT_USER_ERROR
 from experiments.units import human_bytes
 
 # Short runs: three steps, so the measured step (the second) starts with the optimizer state.
+# fp32 unless a row says otherwise: the lecture's baseline, and the same table on every CPU
+# (precision=auto is bf16-mixed on CPUs with native bf16). ARGS come after these, a row's own
+# options last (a row is what it says, e.g. full in mixed-12n).
 BASE_ARGS = ["model=minilm", "train_size=96", "eval_size=32", "max_steps=3", "epochs=1",
-             "wandb=disabled", "progress=false"]
+             "precision=fp32", "wandb=disabled", "progress=false"]
 # The columns: record keys (experiments.record) but for method (the row's label) and formula.
 CSV_FIELDS = ("method", R.OPTIMIZER_IMPL, R.PRECISION, "formula", R.PREDICTED_BYTES,
               R.MEASURED_STATE_PEAK_BYTES, R.STATE_VS_PREDICTED, R.ACTIVATIONS_PEAK_BYTES,
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (label, extra) in enumerate(run_list()):
             print(f"running {label} {' '.join(extra[1:])}".rstrip(), file=sys.stderr, flush=True)
             try:
-                record = train_once([*BASE_ARGS, *extra, *argv], Path(tmp) / str(i))
+                record = train_once([*BASE_ARGS, *argv, *extra], Path(tmp) / str(i))
                 rows.append(row(record, label))
             except RuntimeError as exc:  # one broken method must not hide the others' rows
                 failed.append(label)
