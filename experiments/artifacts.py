@@ -41,6 +41,7 @@ M_NUM_LABELS = "num_labels"
 M_LABEL_NAMES = "label_names"
 M_POOLING = "pooling"
 M_CONFIG = "config"
+M_PRECISION = "precision"  # what the run computed in (its config may say auto)
 M_FORMATS = "formats"  # {what: path inside the model folder}
 # formats the harness reads when it rebuilds a model (a method's hook may add others)
 F_BACKBONE = "backbone"  # a save_pretrained folder the model starts from instead of cfg.model
@@ -81,7 +82,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save_model(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str],
-               model_info: dict[str, Any]) -> dict[str, str]:
+               model_info: dict[str, Any], precision: str) -> dict[str, str]:
     """Write `run_dir/model/` (atomically: a temp folder renamed); returns the formats written,
     as paths relative to the run folder. `model` holds full tensors (gathered if sharded)."""
     final, tmp = run_dir / R.MODEL_DIR, run_dir / f".{R.MODEL_DIR}.tmp"
@@ -101,7 +102,8 @@ def save_model(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[s
         formats[F_BASE] = BASE_FILE
     manifest = {M_FORMAT: MANIFEST_FORMAT, M_METHOD: cfg.method, M_MODEL: model_info,
                 M_NUM_LABELS: len(label_names), M_LABEL_NAMES: list(label_names),
-                M_POOLING: cfg.pooling, M_FORMATS: formats, M_CONFIG: to_dict(cfg)}
+                M_POOLING: cfg.pooling, M_PRECISION: precision, M_FORMATS: formats,
+                M_CONFIG: to_dict(cfg)}
     (tmp / R.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -129,8 +131,8 @@ def listing(run_dir: Path, paths: list[Path], formats: dict[str, str]) -> dict[s
 
 
 def save_run(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str],
-             model_info: dict[str, Any], predictions: Predictions | None,
-             info: DistInfo) -> dict[str, Any]:
+             model_info: dict[str, Any], predictions: Predictions | None, info: DistInfo,
+             precision: str) -> dict[str, Any]:
     """Predictions and (with save=auto) the model; under several processes every rank takes part
     in gathering the weights and rank 0 writes. Returns the `artifacts` section (rank 0)."""
     paths, formats = [], {}
@@ -139,7 +141,7 @@ def save_run(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str
     if cfg.save != "none":
         with parallel.full_weights(model, info) as full:
             if info.main:
-                formats = save_model(full, run_dir, cfg, label_names, model_info)
+                formats = save_model(full, run_dir, cfg, label_names, model_info, precision)
                 paths.append(run_dir / R.MODEL_DIR)
     return listing(run_dir, paths, formats) if info.main else {}
 

@@ -5,14 +5,15 @@
     python -m experiments.predict <run_id or folder> --text "..." [--file PATH] [device=cpu]
 
 The run's model is rebuilt from `runs/<run_id>/model/` (`experiments.artifacts.load_model`) on
-the backbone its record names, and run the way the run evaluated: its `max_length`, its
-precision on the device, batches of its `eval_batch_size`. Each text prints one line:
+the backbone its record names, and run through the run's own evaluation path: its `max_length`,
+its precision on the device, its batching. Each text prints one line:
 `label<TAB>probability<TAB>text`. A missing run, a run without a saved model, or an empty FILE
 is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,10 @@ import numpy as np
 import torch
 
 from experiments.cli import EXIT_OK, run_main, split
-from experiments.config import UserError, parse_overrides
+from experiments.config import PRECISIONS, UserError, parse_overrides
 
 FLAGS = {"text": True, "file": True, "runs-dir": True}
-OPTIONS = ("device", "batch_size")  # key=value options
+OPTIONS = ("device", "batch_size", "precision")  # key=value options
 
 
 def read_texts(text: str | None, file: str | None) -> list[str]:
@@ -44,27 +45,35 @@ def read_texts(text: str | None, file: str | None) -> list[str]:
     return texts
 
 
-@torch.no_grad()
 def predict_probs(model: torch.nn.Module, tokenizer: Any, texts: list[str], cfg: Any,
-                  device: torch.device, batch_size: int | None = None) -> np.ndarray:
-    """Class probabilities (texts, classes), computed as the run's evaluation computes them:
-    the same tokenization, dynamic padding, batch size and autocast."""
+                  device: torch.device, batch_size: int | None = None,
+                  precision: str | None = None) -> np.ndarray:
+    """Class probabilities (texts, classes) through the harness's own evaluation path: the run's
+    tokenization, its method's `prepare_data` hook (the head's cached features), its batching
+    (`eval_loader`) and `evaluate`, so a test text gets what the run's evaluation gave it, bit
+    for bit on the run's device and precision (under bf16 a different batching would not).
+    `precision` defaults to what the config resolves to on `device`."""
+    from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
-    from experiments.runtime import Context, pick_precision
+    from experiments.evaluation import eval_loader, evaluate
+    from experiments.runtime import Context, pick_precision, tokenize
+    from methods import METHODS
 
-    ctx = Context(device, pick_precision(cfg.precision, device))
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    size = batch_size or cfg.eval_batch_size
+    cfg = copy.copy(cfg)
+    cfg.progress = False
+    cfg.eval_batch_size = batch_size or cfg.eval_batch_size
+    ctx = Context(device, precision or pick_precision(cfg.precision, device))
     model.to(device).eval()
-    out = []
-    for start in range(0, len(texts), size):
-        enc = tokenizer(texts[start:start + size], truncation=True, max_length=cfg.max_length)
-        rows = [{k: enc[k][i] for k in enc} for i in range(len(enc["input_ids"]))]
-        with ctx.autocast():
-            logits = model(**ctx.to_device(collate(rows))).logits
-        out.append(logits.float().softmax(-1).cpu())
-    return torch.cat(out).numpy()
+    rows = Dataset.from_dict({"text": texts, "label": [0] * len(texts)})  # labels unused
+    splits = tokenize({"predict": rows}, tokenizer, cfg.max_length)
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    hook = getattr(METHODS[cfg.method], "prepare_data", None)
+    if hook is not None:
+        splits, collate, _ = hook(model, splits, collate, cfg, ctx)
+    loader = eval_loader(splits["predict"], cfg.eval_batch_size, collate, ctx.dist,
+                         torch.Generator())
+    return evaluate(model, loader, ctx, model.num_labels).predictions.probs
 
 
 def _quiet_transformers() -> None:
@@ -76,14 +85,17 @@ def _quiet_transformers() -> None:
 
 
 def _main(argv: list[str]) -> int:
-    from experiments.artifacts import M_LABEL_NAMES, load_model, model_dir, run_config
-    from experiments.runtime import pick_device
+    from experiments.artifacts import M_LABEL_NAMES, M_PRECISION, load_model, model_dir, run_config
+    from experiments.runtime import pick_device, pick_precision
 
     args = split(argv, FLAGS, max_positionals=1)
     options = parse_overrides(args.overrides)
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise UserError(f"unknown option {unknown[0]!r}; predict takes: {', '.join(OPTIONS)}")
+    if options.get("precision", "auto") not in PRECISIONS:
+        raise UserError(f"precision={options['precision']!r} is not one of: "
+                        f"{', '.join(PRECISIONS)}")
     texts = read_texts(args.flag("text"), args.flag("file"))  # before anything loads
     folder = model_dir(args.positionals[0] if args.positionals else "", args.flag("runs-dir"))
     device = pick_device(options.get("device", "auto"))
@@ -94,7 +106,12 @@ def _main(argv: list[str]) -> int:
     _quiet_transformers()
     model, tokenizer, manifest = load_model(folder)
     names = manifest[M_LABEL_NAMES]
-    probs = predict_probs(model, tokenizer, texts, run_config(manifest), device, batch_size)
+    # The run's own precision (its config may say auto, which resolves per machine), unless
+    # asked otherwise: bf16 autocast also runs, emulated, on a CPU without native bf16.
+    precision = pick_precision(options.get("precision") or manifest.get(M_PRECISION, "auto"),
+                               device)
+    probs = predict_probs(model, tokenizer, texts, run_config(manifest), device, batch_size,
+                          precision)
     for text, p in zip(texts, probs, strict=True):
         k = int(p.argmax())
         print(f"{names[k]}\t{p[k]:.4f}\t{text}")

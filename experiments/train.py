@@ -190,7 +190,7 @@ def run(cfg: Config) -> dict[str, Any]:
         summary = loop.run(splits, collate)
         # What the run leaves behind: test predictions and (save=auto) the trained model.
         record[R.ARTIFACTS] = save_run(loop.model, run_dir, cfg, bundle.label_names, model_info,
-                                       loop.test_predictions, info)
+                                       loop.test_predictions, info, ctx.precision)
         record[R.STATUS] = R.FINISHED
     except KeyboardInterrupt:
         record[R.STATUS] = R.CANCELLED

@@ -87,4 +87,4 @@ def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: An
         out[name] = FeatureDataset(torch.cat(feats), torch.cat(labels))
     model.train(was_training)
     return out, _already_batched, {"features_s": round(time.perf_counter() - start, 3),
-                       "feature_dim": int(out["train"].features.shape[1])}
+                       "feature_dim": int(next(iter(out.values())).features.shape[1])}

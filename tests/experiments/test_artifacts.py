@@ -34,7 +34,9 @@ def _args(method: str, runs_dir: Path, *extra: str) -> list[str]:
 def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """One finished run of every registered method (tiny BERT, 3 steps), by method."""
     runs_dir = tmp_path_factory.mktemp("runs")
-    return {m: run(resolve(_args(m, runs_dir))) for m in METHODS}
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("TUNEBENCH_CPU_BF16", "0")  # precision=auto is fp32, as in every test
+        return {method: run(resolve(_args(method, runs_dir))) for method in METHODS}
 
 
 def _folder(record: dict[str, Any]) -> Path:
@@ -59,7 +61,8 @@ def test_a_reloaded_model_gives_the_recorded_predictions(finished: dict, method:
     assert manifest[artifacts.M_METHOD] == method
     assert manifest[artifacts.M_LABEL_NAMES] == record[R.DATA]["label_names"]
     texts = [_test_texts(record)[i] for i in saved[R.PRED_EXAMPLE]]
-    probs = predict_probs(model, tok, texts, artifacts.run_config(manifest), torch.device("cpu"))
+    probs = predict_probs(model, tok, texts, artifacts.run_config(manifest), torch.device("cpu"),
+                          precision=manifest[artifacts.M_PRECISION])
     prob_cols = [c for c in saved.columns if c.startswith(R.PRED_PROB_PREFIX)]
     assert probs.shape == (len(saved), len(prob_cols)) == (24, 2)
     np.testing.assert_array_equal(probs.argmax(-1), saved[R.PRED_PREDICTED].to_numpy())
@@ -142,6 +145,23 @@ def test_predict_bad_input_is_one_line_exit_2(finished: dict, tmp_path: Path, ar
     assert predict_main([a.format(**names) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+@pytest.mark.parametrize("method", ["head", "lora"])
+def test_predict_computes_in_the_runs_precision(runs_dir: Path, method: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """precision=auto resolves per machine (bf16 where a CPU has it natively): a bf16 run is
+    reproduced in bf16 wherever it is reloaded."""
+    monkeypatch.setenv("TUNEBENCH_CPU_BF16", "1")
+    record = run(resolve(_args(method, runs_dir)))
+    monkeypatch.setenv("TUNEBENCH_CPU_BF16", "0")  # here auto would mean fp32
+    folder = _folder(record) / R.MODEL_DIR
+    model, tok, manifest = artifacts.load_model(folder)
+    assert manifest[artifacts.M_PRECISION] == record[R.PRECISION] == "bf16-mixed"
+    probs = predict_probs(model, tok, _test_texts(record), artifacts.run_config(manifest),
+                          torch.device("cpu"), precision=manifest[artifacts.M_PRECISION])
+    saved = pd.read_parquet(_folder(record) / R.PREDICTIONS_FILE)
+    np.testing.assert_allclose(probs[:, 1], saved[f"{R.PRED_PROB_PREFIX}1"], rtol=0, atol=1e-6)
 
 
 def test_save_none_leaves_predictions_but_no_model(runs_dir: Path,

@@ -129,6 +129,6 @@ def test_a_sharded_run_saves_a_model_that_reloads_to_its_predictions(method: str
     model, tok, manifest = artifacts.load_model(path.parent / R.MODEL_DIR)
     cfg = artifacts.run_config(manifest)
     probs = predict_probs(model, tok, list(load_data(cfg).splits["test"]["text"]), cfg,
-                          torch.device("cpu"))
+                          torch.device("cpu"), precision=manifest[artifacts.M_PRECISION])
     saved = pd.read_parquet(path.parent / R.PREDICTIONS_FILE)
     assert abs(probs[:, 1] - saved[f"{R.PRED_PROB_PREFIX}1"].to_numpy()).max() < 1e-6
