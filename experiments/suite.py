@@ -79,7 +79,8 @@ def load_suite(name: str) -> list[Job]:
     for exp in data.get("experiments", []) or []:
         exp = dict(exp)
         label = exp.pop("name", None) or exp.get("method", "run")
-        jobs += [Job(label, {**defaults, **exp}, s) for s in seeds]
+        own = exp.pop("seeds", seeds)  # an experiment may run fewer seeds (a sweep's points)
+        jobs += [Job(label, {**defaults, **exp}, s) for s in own]
     for sweep in data.get("sweeps", []) or []:
         sweep = dict(sweep)
         label = sweep.pop("name", "sweep")
@@ -221,8 +222,9 @@ def choose(jobs: list[Job], metric: str, grid: dict[str, Any]) -> dict[str, Any]
             "candidates": [{**{k: j.overrides[k] for k in grid}, metric: s} for s, j in scored]}
 
 
-FLAGS = {"sweep": True, "dry": False, "no-reports": False, "help": False}
-USAGE = ("usage: python -m experiments.suite [SUITE] [--dry] [--no-reports] [key=value ...]\n"
+FLAGS = {"sweep": True, "dry": False, "no-reports": False, "seeds": True, "help": False}
+USAGE = ("usage: python -m experiments.suite [SUITE] [--dry] [--no-reports] [--seeds 0,1] "
+         "[key=value ...]\n"
          "       python -m experiments.suite --sweep METHOD [--dry] [key=value ...]\n"
          "SUITE: a name in experiments/suites/ (smoke, quick, paper) or a YAML path; key=value "
          "overrides apply to every run (e.g. device=cpu)")
@@ -255,13 +257,25 @@ def _main(argv: list[str]) -> int:
               f"({choice['metric']}={choice['value']:.4f}); written to {out}")
         return EXIT_OK
     suite = args.positionals[0] if args.positionals else "smoke"
-    jobs = run_suite(with_overrides(load_suite(suite), extra), runs_dir, suite, dry=dry)
+    jobs = with_overrides(load_suite(suite), extra)
+    if args.flag("seeds") is not None:  # e.g. --seeds 0: every experiment's first seed first
+        wanted = _seeds(str(args.flag("seeds")))
+        jobs = [j for j in jobs if j.seed in wanted]
+    jobs = run_suite(jobs, runs_dir, suite, dry=dry)
     if dry:
         return EXIT_OK
     reports_ok = args.flag("no-reports") or regenerate_reports(runs_dir)
     print(table(jobs))
     failed = sum(j.status == "failed" for j in jobs)
     return EXIT_FAILED if failed or not reports_ok else EXIT_OK
+
+
+def _seeds(text: str) -> set[int]:
+    """`0,1` -> {0, 1}; a UserError for anything else."""
+    try:
+        return {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give seeds as integers, e.g. --seeds 0,1") from None
 
 
 def with_overrides(jobs: list[Job], extra: dict[str, str]) -> list[Job]:
