@@ -498,11 +498,13 @@ def figures(agg: pd.DataFrame) -> dict[str, Figure]:
     return out
 
 
-def write_reports(df: pd.DataFrame, reports_dir: Path, source: str = "") -> list[Path]:
-    """All figures (PNG and SVG) and summary.md for the runs in `df`; returns the files written."""
+def write_reports(df: pd.DataFrame, reports_dir: Path, source: str = "",
+                  runs_dir: Path | None = None) -> list[Path]:
+    """All figures (PNG and SVG) and summary.md for the runs in `df`, plus RESULTS.md when
+    `runs_dir` holds a published comparison (a FINDINGS.md); returns the files written."""
     import matplotlib.pyplot as plt
 
-    from analysis.summary import write_summary
+    from analysis.summary import FINDINGS_FILE, write_results_page, write_summary
 
     agg = results.aggregate(results.finished(df))
     written: list[Path] = []
@@ -513,8 +515,10 @@ def write_reports(df: pd.DataFrame, reports_dir: Path, source: str = "") -> list
     for name in set(PLOTS) - set(drawn):  # e.g. a rank plot whose sweep is gone: not stale
         for fmt in ("png", "svg"):
             (reports_dir / f"{name}.{fmt}").unlink(missing_ok=True)
-    written.append(write_summary(df, agg, reports_dir,
-                                 [p.name for p in written if p.suffix == ".png"], source))
+    images = [p.name for p in written if p.suffix == ".png"]
+    written.append(write_summary(df, agg, reports_dir, images, source))
+    if runs_dir is not None and (runs_dir / FINDINGS_FILE).is_file():
+        written.append(write_results_page(df, agg, reports_dir, images, runs_dir))
     return written
 
 
@@ -524,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     if started is None:
         return cli.EXIT_NO_RUNS
     args, df, where = started
-    written = write_reports(df, Path(args.reports_dir), where)
+    runs_dir = None if args.source == "wandb" else Path(args.runs_dir or R.runs_dir())
+    written = write_reports(df, Path(args.reports_dir), where, runs_dir)
     n_fin = len(results.finished(df))
     print(f"{len(df)} runs ({n_fin} finished) from {where} -> {len(written)} files in "
           f"{args.reports_dir}/:")
