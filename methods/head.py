@@ -62,6 +62,14 @@ def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def _by_length(ds: Any) -> list[int]:
+    """Example indices, longest first (the split's order when lengths are unknown)."""
+    if "input_ids" not in getattr(ds, "column_names", ()):
+        return list(range(len(ds)))
+    lengths = [len(ids) for ids in ds.with_format(None)["input_ids"]]
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
 @torch.no_grad()
 def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: Any,
                  ctx: Any) -> tuple[dict[str, Any], Any, dict]:
@@ -73,9 +81,13 @@ def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: An
     model.eval()
     out = {}
     for name, ds in splits.items():
-        # A private generator: iterating a DataLoader draws a seed from its generator, and a
-        # draw from the global RNG here would shift every later dropout mask.
-        loader = DataLoader(ds, batch_size=cfg.eval_batch_size, collate_fn=collate,
+        # Batches of similar length (longest first) pad little; the features are put back in
+        # the split's order. A private generator: iterating a DataLoader draws a seed from its
+        # generator, and a draw from the global RNG would shift every later dropout mask.
+        order = _by_length(ds)
+        batches = [order[i:i + cfg.eval_batch_size]
+                   for i in range(0, len(order), cfg.eval_batch_size)]
+        loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate,
                             generator=torch.Generator())
         feats, labels = [], []
         for batch in tqdm(loader, desc=f"features {name}", disable=not cfg.progress,
@@ -84,7 +96,9 @@ def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: An
             with ctx.autocast():
                 f = model.encode(**ctx.to_device(batch))
             feats.append(f.float().cpu())
-        out[name] = FeatureDataset(torch.cat(feats), torch.cat(labels))
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.as_tensor(order)] = torch.arange(len(order))
+        out[name] = FeatureDataset(torch.cat(feats)[back], torch.cat(labels)[back])
     model.train(was_training)
     return out, _already_batched, {"features_s": round(time.perf_counter() - start, 3),
                        "feature_dim": int(next(iter(out.values())).features.shape[1])}

@@ -46,3 +46,29 @@ def test_cached_and_uncached_features_reach_the_same_accuracy(tmp_path: Path) ->
     acc = cached["metrics"]["test/accuracy"], uncached["metrics"]["test/accuracy"]
     assert acc[0] > 0.6, acc  # the probe learned something, so the comparison means something
     assert abs(acc[0] - acc[1]) <= 0.01 + 1e-9, acc  # 100 test rows: at most one differs
+
+
+def test_cached_features_are_each_examples_own_in_the_splits_order(tiny) -> None:  # noqa: ANN001
+    """The feature pass batches by length (longest first) and must put every feature back at
+    its example's index: each cached row equals that example's features computed alone."""
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    from experiments.runtime import Context
+    from methods import head
+
+    model, tok, _ = tiny("tiny-bert")
+    head.apply(model, head.Config())
+    texts = ["a", "a much longer review of a film that goes on", "mid length text here", "b c"]
+    ds = Dataset.from_dict({"text": texts, "label": [0, 1, 0, 1]}).map(
+        lambda b: tok(b["text"]), batched=True, remove_columns=["text"])
+    ds = ds.rename_column("label", "labels").with_format("torch")
+    cfg = type("Cfg", (), {"method_cfg": head.Config(), "eval_batch_size": 2, "progress": False})
+    ctx = Context(torch.device("cpu"), "fp32")
+    out, _, _ = head.prepare_data(model, {"test": ds}, DataCollatorWithPadding(tok), cfg, ctx)
+    model.eval()
+    for i, text in enumerate(texts):
+        alone = model.encode(**{k: v for k, v in tok([text], return_tensors="pt").items()})
+        torch.testing.assert_close(out["test"].features[i], alone[0], atol=1e-5, rtol=1e-4)
+        assert out["test"].labels[i].item() == i % 2
