@@ -235,18 +235,6 @@ def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
                       names, info)
 
 
-def _subsample(ds: Any, n: int) -> Any:
-    """The first n rows of a fixed shuffle: deterministic, the same for every run."""
-    if n <= 0 or n >= len(ds):
-        return ds
-    return ds.shuffle(seed=SPLIT_SEED).select(range(n))
-
-
-def is_local_path(name: str) -> bool:
-    """Whether a data name means a local file (a folder goes to `load_dataset`, like a hub name)."""
-    return os.path.isfile(name) or name.lower().endswith(LOCAL_SUFFIXES)
-
-
 def _assign_splits(frames: dict[str, pd.DataFrame], unlabelled: list[str]) -> str:
     """Fill train/validation/test in place from the labelled hub splits; returns how."""
     def hub(k: str) -> str:
@@ -280,6 +268,18 @@ def _assign_splits(frames: dict[str, pd.DataFrame], unlabelled: list[str]) -> st
                                                              train.iloc[te])
     return (f"test={carved(10)}{note('test')}; validation={carved(10)}{note('validation')}; "
             "train=the other 80%")
+
+
+def _subsample(ds: Any, n: int) -> Any:
+    """The first n rows of a fixed shuffle: deterministic, the same for every run."""
+    if n <= 0 or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=SPLIT_SEED).select(range(n))
+
+
+def is_local_path(name: str) -> bool:
+    """Whether a data name means a local file (a folder goes to `load_dataset`, like a hub name)."""
+    return os.path.isfile(name) or name.lower().endswith(LOCAL_SUFFIXES)
 
 
 def load_data(cfg: Config) -> DataBundle:
