@@ -394,10 +394,11 @@ def summary_line(record: dict[str, Any]) -> str:
     """The one line a user reads at the end of a run."""
     p, m, mem = record[R.PARAMS], record[R.METRICS], record[R.MEMORY]
     pct = 100 * p[R.P_TRAINABLE] / max(1, p[R.P_TOTAL])
-    peak = mem.get(R.MEASURED_PEAK_BYTES, mem.get(R.PEAK_BYTES))
+    # A resumed run with no step left to measure has no measured peak.
+    peak = mem.get(R.MEASURED_PEAK_BYTES)
     return (f"{record[R.METHOD]}: test/accuracy={m[R.TEST_ACCURACY]:.4f} "
             f"trainable={p[R.P_TRAINABLE]:,}/{p[R.P_TOTAL]:,} ({pct:.2f}%) "
-            f"peak_mem={human_bytes(peak)} "
+            f"step_peak_mem={'—' if peak is None else human_bytes(peak)} "
             f"wall={record[R.TIME][R.TOTAL_S]:.1f}s record={record[R.RECORD_PATH]}")
 
 
