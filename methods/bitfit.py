@@ -8,9 +8,9 @@ from torch import nn
 
 from methods.base import MethodError
 
-# Biases are few and start where pretraining left them: a step between LoRA's and a probe's.
-# Checked on a rotten_tomatoes subsample, see README "Presets".
-PRESET = {"lr": 1e-3, "epochs": 2}
+# Few parameters, each with little leverage: a probe-sized step. Chosen on a rotten_tomatoes
+# subsample (1 epoch): validation 0.596 at 1e-3, 0.718 at 3e-3, 0.750 at 1e-2, 0.576 at 3e-2.
+PRESET = {"lr": 1e-2, "epochs": 2}
 
 
 @dataclass

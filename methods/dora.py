@@ -24,8 +24,9 @@ from torch import nn
 
 from methods import lora
 
-# LoRA's preset (the same update, a magnitude on top); confirmed on a subsample run, see README.
-PRESET = {"lr": 5e-4, "epochs": 2}
+# Chosen on a rotten_tomatoes subsample (1 epoch): validation 0.716 at LoRA's 5e-4, 0.764 at
+# 1e-3 (test 0.746, 0.774; LoRA at 5e-4 there: 0.704, test 0.742).
+PRESET = {"lr": 1e-3, "epochs": 2}
 
 
 @dataclass
