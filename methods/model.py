@@ -41,6 +41,10 @@ class Classifier(nn.Module):
         self.uses_token_types = getattr(backbone.config, "type_vocab_size", 0) > 1
         # Set by a method whose backbone is frozen and should run deterministically (head).
         self.backbone_eval = False
+        # Leading positions a method puts before the input tokens (a soft prompt's virtual
+        # tokens). The pooling skips them, so every method's head reads the same real tokens
+        # (with pooling=cls, the real [CLS]) and a comparison differs only in what trains.
+        self.virtual_tokens = 0
         self.base_param_names = {n for n, _ in self.named_parameters()}
 
     @property
@@ -72,6 +76,10 @@ class Classifier(nn.Module):
         else:
             kwargs["input_ids"] = input_ids
         hidden = self.backbone(**kwargs).last_hidden_state
+        if self.virtual_tokens:
+            v = self.virtual_tokens
+            hidden = hidden[:, v:]
+            attention_mask = None if attention_mask is None else attention_mask[:, v:]
         return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor | None = None,

@@ -127,6 +127,7 @@ def apply(model: nn.Module, cfg: Config) -> dict:
     table = model.get_input_embeddings().weight
     model.soft_prompt = SoftPrompt(init.to(table.device))
     model.register_forward_pre_hook(prepend_prompt, with_kwargs=True)
+    model.virtual_tokens = cfg.prompt_length  # pooled over the real tokens only
     assert param_split(model)["adapter"] == init.numel()  # prompt_length * hidden
     return {"trains": f"soft prompt ({cfg.prompt_length} virtual tokens) + classifier head",
             "head_trained": True, "prompt_params": init.numel(), "init": cfg.init}

@@ -18,8 +18,9 @@ LENGTH = 5
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_prompt_mask_and_token_types_are_extended(tiny, make_batch, monkeypatch, arch: str
                                                   ) -> None:
-    """The backbone gets (B, L+T, H) embeddings whose first L rows are the prompt; the mask that
-    reaches the pooling is [ones(L); mask]; token types get L leading zeros."""
+    """The backbone gets (B, L+T, H) embeddings whose first L rows are the prompt, with the mask
+    [ones(L); mask] and L leading zero token types; the pooling then sees only the real tokens'
+    hidden states and mask, as every other method's does."""
     model, tok, _ = tiny(arch)
     soft_prompt.apply(model, soft_prompt.Config(prompt_length=LENGTH))
     batch = make_batch(tok)
@@ -45,7 +46,7 @@ def test_prompt_mask_and_token_types_are_extended(tiny, make_batch, monkeypatch,
     assert torch.equal(kw["inputs_embeds"][0, :LENGTH], model.soft_prompt.weight.detach())
     want_mask = torch.cat([torch.ones(b, LENGTH, dtype=torch.long), batch["attention_mask"]], 1)
     assert torch.equal(kw["attention_mask"], want_mask)
-    assert seen["hidden"] == (b, LENGTH + t, h) and torch.equal(seen["mask"], want_mask)
+    assert seen["hidden"] == (b, t, h) and torch.equal(seen["mask"], batch["attention_mask"])
     if model.uses_token_types:
         assert kw["token_type_ids"].shape == (b, LENGTH + t)
         assert not kw["token_type_ids"][:, :LENGTH].any()
@@ -130,3 +131,26 @@ def test_prompt_longer_than_positions_is_rejected(tiny) -> None:
     with pytest.raises(MethodError, match="positions"):
         soft_prompt.apply(model, soft_prompt.Config(prompt_length=512))
     assert not hasattr(model, "soft_prompt")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_the_head_reads_the_real_tokens_only(tiny, make_batch, pooling: str) -> None:
+    """Fair heads: with a soft prompt, `mean` averages the real tokens' hidden states (not the
+    virtual ones) and `cls` reads the real [CLS], i.e. the backbone's output at position L."""
+    model, tok, _ = tiny("tiny-bert", pooling=pooling)
+    soft_prompt.apply(model, soft_prompt.Config(prompt_length=LENGTH))
+    batch = make_batch(tok)
+    seen: dict = {}
+    model.backbone.register_forward_hook(
+        lambda m, a, out: seen.update(hidden=out.last_hidden_state))
+    model.dropout.register_forward_hook(lambda m, a, out: seen.update(pooled=a[0]))
+    model.eval()
+    model(**batch)
+    pooled = seen["pooled"]
+    hidden, mask = seen["hidden"][:, LENGTH:], batch["attention_mask"]
+    if pooling == "cls":
+        want = hidden[:, 0]
+    else:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        want = (hidden * m).sum(1) / m.sum(1)
+    torch.testing.assert_close(pooled, want)
