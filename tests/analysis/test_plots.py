@@ -126,7 +126,7 @@ def test_ledger_and_rank_sweep_plots(sweep_runs: Path, tmp_path: Path) -> None:
         assert texts == ["no memory measurement in record"]
         # Neither older record is placed on the memory axis by its RSS growth.
         title = figs["accuracy_vs_memory"].legends[0].get_title().get_text()
-        assert "not placed (no measured peak in the record): embedding, soft_prompt" in title
+        assert "not placed (no measured peak in the record): soft_prompt, embedding" in title
         memory_ax = figs["accuracy_vs_memory"].axes[0]
         xs = [x for line in memory_ax.get_lines() for x in line.get_xdata()]
         assert 9_000_000 not in xs and 30_000_000 not in xs
