@@ -125,6 +125,12 @@ def paired_markdown(found: list[paired.Comparison], n_configs: int) -> list[str]
     return [*lines, ""]
 
 
+def _body(df: pd.DataFrame, agg: pd.DataFrame) -> list[str]:
+    """What summary.md and RESULTS.md share: the table, how to read it, the paired tests."""
+    return [markdown_table(summary_rows(agg)), "", *[f"- {n}" for n in notes(df)], "",
+            *paired_markdown(paired.comparisons(df, agg), len(agg))]
+
+
 def write_summary(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
                   images: list[str] | None = None, source: str = "") -> Path:
     """Write reports_dir/summary.md: the table, how to read it, paired tests, the figures."""
@@ -132,10 +138,7 @@ def write_summary(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
     lines = ["# tunebench: comparison summary", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
              f"{source or 'run records'}: {len(df)} runs ({status_counts(df)}); "
-             f"{len(agg)} configurations from the finished ones.", "",
-             markdown_table(summary_rows(agg)), ""]
-    lines += [f"- {n}" for n in notes(df)]
-    lines += ["", *paired_markdown(paired.comparisons(df, agg), len(agg))]
+             f"{len(agg)} configurations from the finished ones.", "", *_body(df, agg)]
     if images:
         lines += ["## Figures", ""]
         lines += [f"![{Path(name).stem}]({name})" for name in images]
@@ -163,13 +166,10 @@ def write_results_page(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
              f"{time.strftime('%Y-%m-%d', time.gmtime())} from the {len(fin)} finished run "
              f"records in `{runs_dir}/` ({len(agg)} configurations).", "",
              f"- Task: {_values(fin, col(R.CONFIG, R.C_DATA))}; backbone: "
-             f"{_values(fin, col(R.CONFIG, 'model'))}; precision: {_values(fin, R.PRECISION)}.",
-             f"- Machine: {_values(fin, col(R.ENV, 'device_name'))}; torch "
-             f"{_values(fin, col(R.ENV, 'torch'))}; code at commit "
-             f"{_values(fin, col(R.ENV, R.GIT_COMMIT))}.", "",
-             markdown_table(summary_rows(agg)), ""]
-    lines += [f"- {n}" for n in notes(df)]
-    lines += ["", *paired_markdown(paired.comparisons(df, agg), len(agg))]
+             f"{_values(fin, col(R.CONFIG, R.C_MODEL))}; precision: {_values(fin, R.PRECISION)}.",
+             f"- Machine: {_values(fin, col(R.ENV, R.DEVICE_NAME))}; torch "
+             f"{_values(fin, col(R.ENV, R.TORCH_VERSION))}; code at commit "
+             f"{_values(fin, col(R.ENV, R.GIT_COMMIT))}.", "", *_body(df, agg)]
     findings = runs_dir / FINDINGS_FILE
     if findings.is_file():
         lines += ["## Findings", "", f"(Written by hand in `{runs_dir}/{FINDINGS_FILE}` from "

@@ -147,6 +147,8 @@ PER_RANK = "per_rank"
 
 # env.*
 GIT_COMMIT = "git_commit"
+DEVICE_NAME = "device_name"
+TORCH_VERSION = "torch"
 WANDB = "wandb"
 
 # Config keys that change where or how a run is reported, not what it computes: the config hash
@@ -157,6 +159,7 @@ NOT_HASHED = ("name", "runs_dir", "wandb", "wandb_project", "progress", "seed",
 # config.* keys readers compare runs by (the harness's Config fields; a method's own options
 # nest under its name, e.g. config.lora.rank).
 C_SEED = "seed"
+C_MODEL = "model"
 C_DATA = "data"
 C_TEXT_COLUMN = "text_column"
 C_LABEL_COLUMN = "label_column"

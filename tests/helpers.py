@@ -57,3 +57,12 @@ def read_wandb_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
+
+
+def eval_logits(model: Any, batch: dict) -> Any:
+    """The model's logits on a batch (labels dropped), in eval mode, without gradients."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits

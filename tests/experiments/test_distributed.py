@@ -25,26 +25,6 @@ RTOL = {"ddp": 1e-4, "fsdp": 1e-5}
 NEEDS_TWO = pytest.mark.skipif(launch.capacity("cpu")[0] < 2, reason="needs 2 CPU cores")
 
 
-@pytest.fixture(scope="module")
-def nodrop(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny BERT without dropout, saved as a local model: every rank's forward is then a
-    fixed function of its rows, so the trajectories can be compared step by step."""
-    from transformers import AutoModel, BertConfig
-
-    from experiments.backbones import load_tokenizer, minilm_path
-
-    tok = load_tokenizer(minilm_path())
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=512, vocab_size=len(tok),
-                     pad_token_id=tok.pad_token_id, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("nodrop")
-    AutoModel.from_config(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 def _args(model: str, method: str, *extra: str) -> list[str]:
     return [f"method={method}", f"model={model}", "train_size=64", "eval_size=32",
             "batch_size=8", "max_steps=5", "log_every=1", "classifier_dropout=0",

@@ -23,26 +23,6 @@ from experiments.train import run
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def nodrop(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny BERT without dropout, saved as a local model: one process and two then compute
-    the same function of the same rows, so their runs can be compared step by step."""
-    from transformers import AutoModel, BertConfig
-
-    from experiments.backbones import load_tokenizer, minilm_path
-
-    tok = load_tokenizer(minilm_path())
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=512, vocab_size=len(tok),
-                     pad_token_id=tok.pad_token_id, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("nodrop")
-    AutoModel.from_config(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 def test_the_process_check_counts_this_machines_processes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """2 machines x 1 process on a 1-core machine: WORLD_SIZE=2, LOCAL_WORLD_SIZE=1 passes; 2

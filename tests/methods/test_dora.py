@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import eval_logits as _logits
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -14,12 +15,6 @@ from experiments.backbones import TINY_ARCHS
 from experiments.config import UserError, resolve
 from methods import dora, lora
 from methods.model import param_split
-
-
-def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
 
 def _randomize(model: nn.Module, seed: int = 1) -> None:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from helpers import eval_logits as _logits
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -28,12 +29,6 @@ DEFAULTS = {
 # Vector sizes per block: out for scaled outputs, in for scaled inputs (tiny configs, 2 blocks).
 SIZES = {"tiny-bert": 32 + 32 + 64, "tiny-roberta": 32 + 32 + 64,
          "tiny-distilbert": 32 + 32 + 64, "tiny-gpt2": 96 + 128, "tiny-llama": 32 + 32 + 128}
-
-
-def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
 
 def _randomize(model: nn.Module, seed: int = 1) -> None:

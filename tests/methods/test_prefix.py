@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import eval_logits as _logits
 from torch import nn
 
 from experiments.backbones import TINY_ARCHS
@@ -18,12 +19,6 @@ from methods.model import param_split, pool
 
 P = 4  # prefix length in these tests
 CAUSAL = ("tiny-gpt2", "tiny-llama")
-
-
-def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
 
 def _randomize(model: nn.Module, seed: int = 1) -> None:
