@@ -43,6 +43,9 @@ RC = {
     "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.3, "grid.linewidth": 0.6, "svg.fonttype": "none",
+    # A fixed salt makes the SVG's element ids (random by default) the same on every run, so a
+    # committed figure regenerates byte-for-byte.
+    "svg.hashsalt": "tunebench",
 }
 
 
