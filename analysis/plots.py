@@ -501,23 +501,28 @@ def figures(agg: pd.DataFrame) -> dict[str, Figure]:
 def write_reports(df: pd.DataFrame, reports_dir: Path, source: str = "",
                   runs_dir: Path | None = None) -> list[Path]:
     """All figures (PNG and SVG) and summary.md for the runs in `df`, plus RESULTS.md when
-    `runs_dir` holds a published comparison (a FINDINGS.md); returns the files written."""
+    `runs_dir` holds a published comparison (a FINDINGS.md; its figures then go to
+    reports_dir/results/); returns the files written."""
     import matplotlib.pyplot as plt
 
-    from analysis.summary import FINDINGS_FILE, write_results_page, write_summary
+    from analysis.summary import FINDINGS_FILE, RESULTS_FIGURES, write_results_page, write_summary
 
     agg = results.aggregate(results.finished(df))
+    published = runs_dir is not None and (runs_dir / FINDINGS_FILE).is_file()
+    # A published comparison's figures are committed beside RESULTS.md; they get a folder of
+    # their own so that `make plots` on one's own runs never overwrites them.
+    fig_dir = reports_dir / RESULTS_FIGURES if published else reports_dir
     written: list[Path] = []
     drawn = figures(agg)
     for name, fig in drawn.items():
-        written += save_figure(fig, reports_dir, name)
+        written += save_figure(fig, fig_dir, name)
         plt.close(fig)  # a long sweep makes many figures; pyplot would keep each alive
     for name in set(PLOTS) - set(drawn):  # e.g. a rank plot whose sweep is gone: not stale
         for fmt in ("png", "svg"):
-            (reports_dir / f"{name}.{fmt}").unlink(missing_ok=True)
-    images = [p.name for p in written if p.suffix == ".png"]
+            (fig_dir / f"{name}.{fmt}").unlink(missing_ok=True)
+    images = [p.relative_to(reports_dir).as_posix() for p in written if p.suffix == ".png"]
     written.append(write_summary(df, agg, reports_dir, images, source))
-    if runs_dir is not None and (runs_dir / FINDINGS_FILE).is_file():
+    if published:
         written.append(write_results_page(df, agg, reports_dir, images, runs_dir))
     return written
 

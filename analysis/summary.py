@@ -148,6 +148,7 @@ def write_summary(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
 
 
 FINDINGS_FILE = "FINDINGS.md"  # the prose a person writes beside published run records
+RESULTS_FIGURES = "results"  # reports/<this>/: a published comparison's figures
 
 
 def _values(df: pd.DataFrame, column: str) -> str:
