@@ -18,6 +18,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -33,6 +34,7 @@ from analysis.results import (
     TOTAL,
     TRAIN_S,
     TRAINABLE,
+    format_value,
     number,
 )
 from analysis.style import (
@@ -384,61 +386,101 @@ def time_and_throughput(agg: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def _epochs_per_step(row: pd.Series) -> float | None:
+    """The run's epochs over its optimizer steps (None for a record without both)."""
+    epochs, steps = number(row.get(R.EPOCHS)), number(row.get(R.STEPS))
+    return epochs / steps if steps > 0 and epochs > 0 else None
+
+
 @paper_style
 def validation_curves(agg: pd.DataFrame) -> Figure | None:
-    """Validation accuracy over optimizer steps, mean over seeds with a ±1 std band."""
+    """Validation accuracy over training, one panel per method (mean over seeds, ±1 std band).
+
+    One panel each, with epochs on x, because the methods' budgets differ by an order of
+    magnitude (the head trains 30 epochs on cached features, the others 1 to 3): on one shared
+    step axis the short runs would be squeezed against the left edge, and whether a method has
+    levelled off is what the curves are read for."""
     if R.VAL_HISTORY not in agg:
         return None
     curves = [(row, results.mean_curve(row[R.VAL_HISTORY])) for _, row in agg.iterrows()]
     curves = [(row, c) for row, c in curves if len(c)]
     if not curves:
         return None
-    fig, (ax,) = new_figure()
+    methods = list(dict.fromkeys(row[R.METHOD] for row, _ in curves))
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(2.6 * ncols + 0.6, 2.1 * nrows + 0.5),
+                             layout="constrained", squeeze=False, sharey=True)
+    axes = dict(zip(methods, grid.flat, strict=False))
+    for ax in list(grid.flat)[len(methods):]:
+        ax.set_visible(False)
     styles = variant_styles(agg)
+    in_epochs = all(_epochs_per_step(row) for row, _ in curves)
     for row, c in curves:
+        ax = axes[row[R.METHOD]]
+        x = c["step"] * (_epochs_per_step(row) if in_epochs else 1)
         color, marker, ls = styles[row[R.CONFIG_HASH]]
-        ax.plot(c["step"], 100 * c["mean"], linestyle=ls, marker=marker, markersize=4,
-                color=color, label=_legend_label(row))
+        ax.plot(x, 100 * c["mean"], linestyle=ls, marker=marker, markersize=3.5, color=color,
+                label=_legend_label(row))
         if c["n"].max() > 1:
             sd = 100 * c["std"].fillna(0)
-            ax.fill_between(c["step"], 100 * c["mean"] - sd, 100 * c["mean"] + sd, color=color,
+            ax.fill_between(x, 100 * c["mean"] - sd, 100 * c["mean"] + sd, color=color,
                             alpha=0.15, linewidth=0)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Validation accuracy during training")
+    for method, ax in axes.items():
+        ax.set_title(method, color=method_text_color(method))
+        ax.set_xlim(left=0)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=in_epochs))
+    for ax in grid[-1]:
+        ax.set_xlabel("epoch" if in_epochs else "optimizer step")
+    for ax in grid[:, 0]:
+        ax.set_ylabel("val. accuracy (%)")
+    fig.suptitle("Validation accuracy during training")
     _legend_below(fig, title="mean ± 1 std over seeds")
     return fig
 
 
 # The LoRA method's own option (methods/lora.py), nested under its name in the config.
 RANK = col(R.CONFIG, "lora.rank")
+ALPHA = col(R.CONFIG, "lora.alpha")
 REFERENCES = ("head", "full")  # the methods the rank plot draws as reference lines
 
 
 def rank_sweeps(agg: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """LoRA configurations grouped into rank sweeps (same config except the rank), by name."""
+    """LoRA configurations grouped into rank sweeps, by name: the same config except the rank,
+    with alpha either held or scaled with the rank (alpha/r held, e.g. alpha = 2r)."""
     if RANK not in agg:
         return {}
     lora = agg[(agg[R.METHOD] == "lora") & agg[RANK].notna()]
     if lora[RANK].nunique() < 2:
         return {}
     prefix = f"{R.CONFIG}."
-    skip = {RANK, col(R.CONFIG, R.METHOD)} | {col(R.CONFIG, k) for k in R.NOT_HASHED}
+    skip = {RANK, ALPHA, col(R.CONFIG, R.METHOD)} | {col(R.CONFIG, k) for k in R.NOT_HASHED}
     others = [c for c in lora.columns if c.startswith(prefix) and c not in skip
               and results.varies(lora[c])]
     sizes = {col(R.CONFIG, k) for k in results.SMOKE_KEYS}
     sweeps: dict[str, pd.DataFrame] = {}
     groups = lora.groupby(others, sort=False, dropna=False) if others else [((), lora)]
     for _, group in groups:
-        if group[RANK].nunique() < 2:
-            continue
         first = group.iloc[0]
         # Named as configurations are (results.config_labels): the options in words, a smoke
         # run marked as one rather than by its sizes.
         words = [results.describe(c.removeprefix(prefix), first[c]) for c in others
                  if c not in sizes and not results.is_missing(first[c])]
         smoke = " (smoke)" if sizes & set(others) and results.is_smoke(first) else ""
-        sweeps[" ".join(["lora", *words]) + smoke] = group.sort_values(RANK)
+        if ALPHA not in group or group[ALPHA].isna().any():
+            held = {"": group}
+        else:  # a sweep holds alpha (the update grows with r) or alpha/r (it does not)
+            by_alpha = {f"α={format_value(a)}": g for a, g in group.groupby(ALPHA, sort=False)}
+            by_scale = {f"α/r={format_value(k)}": g
+                        for k, g in group.groupby(group[ALPHA] / group[RANK], sort=False)}
+            held = {k: g for k, g in (*by_alpha.items(), *by_scale.items())
+                    if g[RANK].nunique() >= 2}
+            if len(held) == 1 and group[ALPHA].nunique() == 1:
+                held = {"": group}  # alpha never varied: not worth naming
+        for word, sweep in held.items():
+            if sweep[RANK].nunique() >= 2:
+                name = " ".join(["lora", *words, *([word] if word else [])]) + smoke
+                sweeps[name] = sweep.sort_values(RANK)
     return sweeps
 
 
@@ -503,8 +545,6 @@ def write_reports(df: pd.DataFrame, reports_dir: Path, source: str = "",
     """All figures (PNG and SVG) and summary.md for the runs in `df`, plus RESULTS.md when
     `runs_dir` holds a published comparison (a FINDINGS.md; its figures then go to
     reports_dir/results/); returns the files written."""
-    import matplotlib.pyplot as plt
-
     from analysis.summary import FINDINGS_FILE, RESULTS_FIGURES, write_results_page, write_summary
 
     agg = results.aggregate(results.finished(df))

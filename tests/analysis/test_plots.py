@@ -139,6 +139,21 @@ def test_ledger_and_rank_sweep_plots(sweep_runs: Path, tmp_path: Path) -> None:
             plt.close(fig)
 
 
+def test_a_rank_sweep_that_scales_alpha_with_rank_is_one_sweep(
+        runs_copy: Path, make_record) -> None:  # noqa: ANN001
+    """The published sweep holds alpha/r (alpha = 2r): every rank has its own alpha, so a
+    grouping that kept alpha fixed found no sweep and the rank figure went missing."""
+    for rank in (1, 8, 64):
+        for targets in ("all", "attention") if rank == 8 else ("all",):
+            make_record(runs_copy, "lora", 0, 0.7 + 0.01 * rank ** 0.5,
+                        config={"lora": {"rank": rank, "alpha": 2 * rank, "targets": targets}})
+    agg = results.aggregate(results.finished(results.load_records(runs_copy)))
+    sweeps = plots.rank_sweeps(agg)
+    assert set(sweeps) == {"lora all layers α/r=2"}, set(sweeps)
+    assert list(sweeps["lora all layers α/r=2"][plots.RANK]) == [1, 8, 64]
+    assert "accuracy_vs_rank" in plots.figures(agg)
+
+
 def test_no_text_overlaps_in_any_figure(sweep_runs: Path) -> None:
     agg = results.aggregate(results.finished(results.load_records(sweep_runs)))
     for name, fig in plots.figures(agg).items():

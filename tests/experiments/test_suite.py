@@ -30,17 +30,21 @@ def test_committed_suites_and_sweeps_resolve() -> None:
         jobs = suite.plan(suite.load_suite(path.stem), Path("/nonexistent"))
         assert jobs and all(j.hash for j in jobs)
     quick = suite.load_suite("quick")
-    assert {j.seed for j in quick} == {0, 1}
+    assert len({j.seed for j in quick}) >= 3  # a t-interval on 1 degree of freedom says little
     # seeds of one experiment share the config hash (the W&B group), experiments do not
     hashes = {j.name: j.hash for j in suite.plan(quick, Path("/nonexistent"))}
     assert len(set(hashes.values())) == len(hashes)
     paper = suite.load_suite("paper")
     ranks = sorted({j.overrides["lora.rank"] for j in paper if "lora.rank" in j.overrides})
     assert ranks == [1, 2, 4, 8, 16, 32, 64]
+    sizes = {}
     for path in sorted(suite.SWEEPS_DIR.glob("*.yaml")):
         jobs, spec = suite.load_sweep(path.stem)
         assert spec["metric"] == "val/accuracy" and len(jobs) >= 3
         suite.plan(jobs, Path("/nonexistent"))
+        sizes[path.stem] = len(spec["grid"]["lr"])
+    # The same tuning budget for every method: a learning-rate grid of the same size.
+    assert len(set(sizes.values())) == 1, sizes
 
 
 def test_resume_skips_finished_runs(tmp_path: Path, runs_dir: Path,
