@@ -467,16 +467,12 @@ def rank_sweeps(agg: pd.DataFrame) -> dict[str, pd.DataFrame]:
         words = [results.describe(c.removeprefix(prefix), first[c]) for c in others
                  if c not in sizes and not results.is_missing(first[c])]
         smoke = " (smoke)" if sizes & set(others) and results.is_smoke(first) else ""
-        if ALPHA not in group or group[ALPHA].isna().any():
-            held = {"": group}
-        else:  # a sweep holds alpha (the update grows with r) or alpha/r (it does not)
-            by_alpha = {f"α={format_value(a)}": g for a, g in group.groupby(ALPHA, sort=False)}
-            by_scale = {f"α/r={format_value(k)}": g
-                        for k, g in group.groupby(group[ALPHA] / group[RANK], sort=False)}
-            held = {k: g for k, g in (*by_alpha.items(), *by_scale.items())
-                    if g[RANK].nunique() >= 2}
-            if len(held) == 1 and group[ALPHA].nunique() == 1:
-                held = {"": group}  # alpha never varied: not worth naming
+        held = {"": group}  # alpha never varied: the group is the sweep, not worth naming
+        if ALPHA in group and group[ALPHA].notna().all() and group[ALPHA].nunique() > 1:
+            # A sweep holds alpha (the update grows with r) or alpha/r (e.g. alpha = 2r).
+            held = {**{f"α={format_value(a)}": g for a, g in group.groupby(ALPHA, sort=False)},
+                    **{f"α/r={format_value(k)}": g
+                       for k, g in group.groupby(group[ALPHA] / group[RANK], sort=False)}}
         for word, sweep in held.items():
             if sweep[RANK].nunique() >= 2:
                 name = " ".join(["lora", *words, *([word] if word else [])]) + smoke
