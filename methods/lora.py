@@ -45,11 +45,12 @@ from transformers.pytorch_utils import Conv1D
 from methods.base import MethodError
 from methods.model import param_split
 
-# The reference script's setting (rank 8, alpha 16, targets all, 2 epochs at 5e-4: 0.830 test
-# accuracy on rotten_tomatoes); the low-rank update needs ~10x full fine-tuning's 5e-5. A check on
-# a subsample (train_size=2000 eval_size=500) did not favour 1e-3: validation 0.778 vs 0.792 at
-# 5e-4 (test 0.796 vs 0.786, within noise). Full data with this preset: 0.8306 test, 0.817 val.
-PRESET = {"lr": 5e-4, "epochs": 2}
+# One epoch at 2e-3, chosen on the whole split's validation (seed 0, 1 epoch): 0.810 at 5e-4,
+# 0.812 at 1e-3, 0.829 at 2e-3, 0.820 at 3e-3 (`make sweep`'s subsample grid picks 3e-3). The
+# earlier preset, the reference script's 2 epochs at 5e-4 (the published comparison's setting,
+# pinned there), reached 0.815 validation and 0.829 test over 3 seeds in twice the time; one
+# epoch at 5e-4 fell to 0.809 validation. The low-rank update needs ~10-40x full fine-tuning's lr.
+PRESET = {"lr": 2e-3, "epochs": 1}
 
 INITS = ("kaiming", "normal")
 SCALINGS = ("standard", "rslora")
