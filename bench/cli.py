@@ -2,7 +2,8 @@
 BENCHMARKS.md.
 
     python -m bench                          # everything, on the embedded MiniLM (CUDA if present)
-    python -m bench --only peft,inference    # some sections: methods, peft, inference, scaling
+    python -m bench --only peft,inference    # some sections: methods, peft, inference, scaling,
+                                             # levers, profile
     python -m bench --smoke                  # a tiny model, a few steps: checks the script works
     python -m bench --out DIR                # BENCHMARKS.md, bench.json and figures into DIR
     python -m bench --from-json reports/bench.json   # re-render the page and figures, no runs
@@ -28,7 +29,7 @@ from bench.workloads import Settings
 from experiments.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, split
 from experiments.config import UserError, coerce, parse_overrides
 
-SECTIONS = ("methods", "peft", "inference", "scaling", "levers")
+SECTIONS = ("methods", "peft", "inference", "scaling", "levers", "profile")
 USAGE = ("usage: python -m bench [--smoke] [--only " + ",".join(SECTIONS) +
          "] [--out DIR] [--device auto|cpu|cuda] [--rounds N] [--no-progress] "
          "[--from-json FILE] [model=... batch_size=N seq_len=N seed=N]")
@@ -40,7 +41,7 @@ def smoke_settings(device: torch.device, precision: str) -> Settings:
                     rounds=3, pairs=3, infer_rounds=(3, 3), ranks=(1, 4), seqs=(16, 32),
                     scale_rounds=2, progress=False,
                     lever_sizes=("train_size=48", "eval_size=16", "max_steps=3",
-                                 "batch_size=16"), lever_rounds=1)
+                                 "batch_size=16"), lever_rounds=1, profile_steps=2)
 
 
 @dataclass
@@ -138,10 +139,10 @@ def load_results(path: Path) -> dict[str, Any]:
 
 def run_sections(s: Settings, sections: list[str]) -> dict[str, Any]:
     """Run the chosen sections in order; each result with its wall time."""
-    from bench import cost, inference, levers, peft_vs_ours, scaling
+    from bench import cost, inference, levers, peft_vs_ours, profile, scaling
 
     modules = {"methods": cost, "peft": peft_vs_ours, "inference": inference,
-               "scaling": scaling, "levers": levers}
+               "scaling": scaling, "levers": levers, "profile": profile}
     out = {}
     for name in sections:
         print(f"[bench] {name}", file=sys.stderr, flush=True)

@@ -248,6 +248,26 @@ def _levers(sec: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _profile(sec: dict[str, Any]) -> list[str]:
+    batch = " × ".join(str(n) for n in sec["batch"])
+    clock = ("the device's own time per op" if sec["clock"] == "device" else
+             "each op's own CPU time; what no op accounts for is the step's wall time less their "
+             "sum")
+    out = ["## 6. Where a default LoRA step spends its time", "",
+           f"`torch.profiler` over {sec['steps']} of the harness's training steps of LoRA at its "
+           f"preset on the fixed batch ({batch} tokens), {sec['precision']} (what `precision=auto` "
+           f"picks here); {clock}. Step wall time under the profiler: "
+           f"{sec['step_wall_ms']:.1f} ms.", ""]
+    out += _table(["kind of op", "ms per step", "share"],
+                  [[k["kind"], f"{k['ms_per_step']:.1f}", f"{k['share']:.0%}"]
+                   for k in sec["kinds"]])
+    out += ["", "The largest ops:", ""]
+    out += _table(["op", "kind", "ms per step", "calls per step"],
+                  [[f"`{o['op']}`", o["kind"], f"{o['ms_per_step']:.1f}",
+                    f"{o['calls_per_step']:g}"] for o in sec["top_ops"]])
+    return [*out, ""]
+
+
 def write_markdown(res: dict[str, Any], path: Path, figures: list[Path],
                    json_path: Path) -> None:
     """Write BENCHMARKS.md atomically (a reader never sees half a file)."""
@@ -266,6 +286,8 @@ def write_markdown(res: dict[str, Any], path: Path, figures: list[Path],
         lines += _scaling(secs["scaling"], rel)
     if "levers" in secs:
         lines += _levers(secs["levers"])
+    if "profile" in secs:
+        lines += _profile(secs["profile"])
     lines += HOW + [f"Raw samples: `{os.path.relpath(json_path, path.parent)}`.", ""]
     atomic_write_text(path, "\n".join(lines))
 

@@ -44,6 +44,7 @@ class Settings:
     # The levers section: short real runs (key=value sizes) and rounds of each.
     lever_sizes: tuple[str, ...] = ("train_size=1024", "eval_size=256", "epochs=1")
     lever_rounds: int = 2
+    profile_steps: int = 5  # profiled default LoRA steps (section 6)
     seed: int = 0
     progress: bool = True
 

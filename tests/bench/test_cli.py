@@ -26,11 +26,13 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
 def test_smoke_writes_json_markdown_and_figures(smoke: tuple[Path, dict[str, Any]]) -> None:
     out, res = smoke
     assert res["smoke"] is True and res["settings"]["model"] == "tiny-bert"
-    assert list(res["sections"]) == ["methods", "peft", "inference", "scaling", "levers"]
+    assert list(res["sections"]) == ["methods", "peft", "inference", "scaling", "levers",
+                                     "profile"]
     assert res["machine"]["torch"] and res["machine"]["cores"] >= 1
     md = (out / "BENCHMARKS.md").read_text()
     for heading in ("## 1. Cost", "## 2. Our LoRA against PEFT", "## 3. Inference",
-                    "## 4. Scaling", "## 5. What made the default run faster", "**Smoke run**"):
+                    "## 4. Scaling", "## 5. What made the default run faster",
+                    "## 6. Where a default LoRA step spends its time", "**Smoke run**"):
         assert heading in md
     for name in ("bench_rank", "bench_seq"):
         for ext in ("png", "svg"):
@@ -83,6 +85,30 @@ def test_levers_are_real_runs_set_against_the_plain_one(
         assert r["wall_vs_plain"] == pytest.approx(r["wall_s"] / plain["wall_s"])
         samples = sec["samples"][r["lever"]]
         assert len(samples) == sec["rounds"] and all(x["steps"] == 3 for x in samples)
+
+
+def test_profile_splits_a_real_step_by_kind(smoke: tuple[Path, dict[str, Any]]) -> None:
+    """The profiled step's time is split by kind of op, each op counted once: the kinds add up
+    to the step's wall time (counting children's time too would overshoot it), and a
+    transformer step spends some of it in matrix multiplies."""
+    out, res = smoke
+    sec = res["sections"]["profile"]
+    kinds = {k["kind"]: k for k in sec["kinds"]}
+    assert kinds["matrix multiplies"]["ms_per_step"] > 0
+    assert sum(k["share"] for k in sec["kinds"]) == pytest.approx(1.0, abs=0.02)
+    assert sec["steps"] == 2 and sec["top_ops"][0]["ms_per_step"] > 0
+    assert "## 6. Where a default LoRA step spends its time" in (
+        out / "BENCHMARKS.md").read_text()
+
+
+def test_ops_are_sorted_into_the_kinds_that_matter() -> None:
+    from bench.profile import OTHER, kind_of
+
+    assert kind_of("aten::addmm") == kind_of("aten::bmm") == "matrix multiplies"
+    assert kind_of("aten::bernoulli_") == "random numbers for dropout"
+    assert kind_of("aten::_to_copy") == "copies and dtype casts"
+    assert kind_of("aten::_fused_adamw_") == kind_of("aten::_foreach_mul_") == "optimizer update"
+    assert kind_of("aten::gelu_backward") == OTHER
 
 
 def test_inference_and_scaling_sections(smoke: tuple[Path, dict[str, Any]]) -> None:
