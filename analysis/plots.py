@@ -415,10 +415,11 @@ def validation_curves(agg: pd.DataFrame) -> Figure | None:
     for ax in list(grid.flat)[len(methods):]:
         ax.set_visible(False)
     styles = variant_styles(agg)
-    in_epochs = all(_epochs_per_step(row) for row, _ in curves)
-    for row, c in curves:
+    scales = [_epochs_per_step(row) for row, _ in curves]
+    in_epochs = all(scales)
+    for (row, c), scale in zip(curves, scales, strict=True):
         ax = axes[row[R.METHOD]]
-        x = c["step"] * (_epochs_per_step(row) if in_epochs else 1)
+        x = c["step"] * (scale if in_epochs else 1)
         color, marker, ls = styles[row[R.CONFIG_HASH]]
         ax.plot(x, 100 * c["mean"], linestyle=ls, marker=marker, markersize=3.5, color=color,
                 label=_legend_label(row))
