@@ -17,8 +17,9 @@ before torchrun starts is `experiments.launch`.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -115,6 +116,23 @@ def cleanup(sync: bool = False) -> None:
             # still writes the record, and the process can abort at exit (seen as SIGABRT).
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with `code`; under torchrun skip the interpreter's own teardown.
+
+    Gloo's worker threads can outlive `destroy_process_group` (FSDP's device mesh still refers
+    to the group). One that touches a Python object while the interpreter finalizes is ended
+    by Python mid-C++, which aborts the process ("terminate called without an active
+    exception", SIGABRT; seen once in CI on a 2-rank FSDP resume), and torchrun then fails
+    the whole job. Nothing is left to flush but stdio: the record is written atomically and
+    W&B is finished before this point."""
+    cleanup()
+    if env_world() == 1:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def broadcast(obj: Any, info: DistInfo) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from experiments import launch
+from experiments import distributed, launch
 from experiments.config import resolve
 from experiments.evaluation import eval_batches
 from experiments.train import main, run
@@ -33,7 +33,9 @@ def _args(model: str, method: str, *extra: str) -> list[str]:
 
 def _torchrun(args: list[str], runs_dir: Path, nproc: int = 2) -> dict[str, Any]:
     """Run the harness on `nproc` processes; returns rank 0's record."""
-    env = {**os.environ, "RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "1"}
+    # faulthandler: a rank killed by a signal prints where it was
+    env = {**os.environ, "RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "1",
+           "PYTHONFAULTHANDLER": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           f"--nproc_per_node={nproc}", "-m", "experiments.train", *args],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -148,7 +150,7 @@ model = parallel.wrap(model, info)
 with parallel.full_weights(model, info) as full:
     if info.main:
         lora.export_peft(full, sys.argv[2])
-distributed.cleanup()
+distributed.exit_process(0)
 """
 
 
@@ -160,7 +162,8 @@ def test_lora_export_from_a_sharded_model_is_full(nodrop: str, strategy: str,
 
     script = tmp_path / "export.py"
     script.write_text(EXPORT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "PYTHONFAULTHANDLER": "1"}
     outs = {}
     for nproc in (1, 2):  # one process: no process group, the plain export
         out = tmp_path / f"peft{nproc}"
@@ -223,3 +226,23 @@ def test_fsdp_checkpoint_restores_into_a_sharded_model(nodrop: str, tmp_path: Pa
     assert again["run_id"] == first["run_id"] and again["steps"] == 5
     assert len(again["resumed"]) == 1 and again["dist"]["strategy"] == "fsdp"
     assert again["metrics"]["test/accuracy"] == first["metrics"]["test/accuracy"]
+
+
+class _Exited(Exception):
+    """os._exit, caught: the code it was given."""
+
+
+@pytest.mark.parametrize(("world", "how"), [("1", SystemExit), ("2", _Exited)])
+def test_exit_skips_the_interpreter_teardown_only_under_torchrun(
+        monkeypatch: pytest.MonkeyPatch, world: str, how: type[BaseException]) -> None:
+    """Under torchrun a rank leaves by os._exit (gloo threads can abort a finalizing
+    interpreter); alone it exits normally. Either way the harness's exit code survives."""
+    def fake_exit(code: int) -> None:
+        raise _Exited(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises(how) as caught:
+        distributed.exit_process(2)
+    code = caught.value.args[0] if how is _Exited else caught.value.code
+    assert code == 2
