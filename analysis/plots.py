@@ -409,10 +409,10 @@ def validation_curves(agg: pd.DataFrame) -> Figure | None:
     methods = list(dict.fromkeys(row[R.METHOD] for row, _ in curves))
     ncols = min(3, len(methods))
     nrows = math.ceil(len(methods) / ncols)
-    fig, grid = plt.subplots(nrows, ncols, figsize=(2.6 * ncols + 0.6, 2.1 * nrows + 0.5),
-                             layout="constrained", squeeze=False, sharey=True)
-    axes = dict(zip(methods, grid.flat, strict=False))
-    for ax in list(grid.flat)[len(methods):]:
+    fig, panels = new_figure(2.6 * ncols + 0.6, 2.1 * nrows + 0.5, ncols, sharey=True,
+                             nrows=nrows)
+    axes = dict(zip(methods, panels, strict=False))
+    for ax in panels[len(methods):]:
         ax.set_visible(False)
     styles = variant_styles(agg)
     scales = [_epochs_per_step(row) for row, _ in curves]
@@ -431,9 +431,9 @@ def validation_curves(agg: pd.DataFrame) -> Figure | None:
         ax.set_title(method, color=method_text_color(method))
         ax.set_xlim(left=0)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=in_epochs))
-    for ax in grid[-1]:
+    for ax in panels[-ncols:]:  # the bottom row
         ax.set_xlabel("epoch" if in_epochs else "optimizer step")
-    for ax in grid[:, 0]:
+    for ax in panels[::ncols]:  # the left column
         ax.set_ylabel("val. accuracy (%)")
     fig.suptitle("Validation accuracy during training")
     _legend_below(fig, title="mean ± 1 std over seeds")

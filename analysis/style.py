@@ -184,11 +184,12 @@ def paper_style(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def new_figure(width: float = 6.4, height: float = 4.0, ncols: int = 1,
-               sharey: bool = False) -> tuple[Figure, list]:
-    """A figure with constrained layout, which keeps labels, titles and legends from overlapping."""
-    fig, axes = plt.subplots(1, ncols, figsize=(width, height), layout="constrained",
+               sharey: bool = False, nrows: int = 1) -> tuple[Figure, list]:
+    """A figure with constrained layout, which keeps labels, titles and legends from overlapping;
+    its nrows x ncols axes listed row by row."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained",
                              squeeze=False, sharey=sharey)
-    return fig, list(axes[0])
+    return fig, list(axes.flat)
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str,

@@ -119,7 +119,8 @@ def cleanup(sync: bool = False) -> None:
 
 
 def exit_process(code: int) -> NoReturn:
-    """End this process with `code`; under torchrun skip the interpreter's own teardown.
+    """Leave the process group (if the caller has not) and end this process with `code`;
+    under torchrun skip the interpreter's own teardown.
 
     Gloo's worker threads can outlive `destroy_process_group` (FSDP's device mesh still refers
     to the group). One that touches a Python object while the interpreter finalizes is ended
