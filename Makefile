@@ -37,7 +37,7 @@ setup: $(STAMP) ## create .venv and install everything (done on first use by eve
 # refuses more processes than cores (CPU) or devices (CUDA) with one line and exit code 2.
 RUN := $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC),$(BIN)/python)
 experiment: $(STAMP) ## train one run: METHOD= DATA= MODEL= ARGS="key=value ..." NPROC=1
-	@$(BIN)/python -m experiments.launch $(NPROC) \
+	@$(BIN)/python -m experiments.dist.launch $(NPROC) \
 		$(patsubst device=%,%,$(filter device=%,$(ARGS))) || exit 2
 	$(RUN) -m experiments.train method=$(METHOD) \
 		$(if $(DATA),data=$(DATA)) $(if $(MODEL),model=$(MODEL)) $(ARGS)
@@ -49,7 +49,7 @@ TEXT ?=
 FILE ?=
 .PHONY: predict
 predict: $(STAMP) ## label + probability per text from a saved run: RUN=<run_id|folder> TEXT="..." or FILE=<one text per line>
-	@$(BIN)/python -m experiments.predict "$$RUN" $(if $(TEXT),--text "$$TEXT") \
+	@$(BIN)/python -m experiments.tools.predict "$$RUN" $(if $(TEXT),--text "$$TEXT") \
 		$(if $(FILE),--file "$$FILE") $(ARGS)
 
 test: $(STAMP) ## run the whole test suite (CPU)
@@ -68,7 +68,7 @@ clean: ## remove .venv, caches and build files (keeps runs/ and reports/)
 
 .PHONY: memory
 memory: $(STAMP) ## a few steps of every method on the embedded model: memory table + runs/memory_table.csv
-	$(BIN)/python -m experiments.memory_table $(ARGS)
+	$(BIN)/python -m experiments.tools.memory_table $(ARGS)
 
 .PHONY: plots dashboard
 plots: $(STAMP) ## figures (PNG+SVG) and summary.md in $REPORTS_DIR (reports/) from $RUNS_DIR (runs/)
@@ -81,10 +81,10 @@ SUITE ?= smoke
 DRY ?=
 .PHONY: suite sweep
 suite: $(STAMP) ## run a suite resumably, then plots + summary: SUITE=smoke|quick|paper (DRY=1 lists)
-	$(BIN)/python -m experiments.suite $(SUITE) $(if $(DRY),--dry) $(ARGS)
+	$(BIN)/python -m experiments.tools.suite $(SUITE) $(if $(DRY),--dry) $(ARGS)
 
 sweep: $(STAMP) ## learning-rate grid for METHOD=, chosen on validation; writes a preset proposal
-	$(BIN)/python -m experiments.suite --sweep $(METHOD) $(ARGS)
+	$(BIN)/python -m experiments.tools.suite --sweep $(METHOD) $(ARGS)
 
 .PHONY: bench
 bench: $(STAMP) ## benchmarks: step cost per method, our LoRA vs PEFT, inference, scaling -> BENCHMARKS.md (ARGS="--smoke" for a quick check)

@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 
 from analysis import results
-from experiments import record
+from experiments.contract import record
 
 EXIT_NO_RUNS = 2  # as the harness's user errors: nothing was written, and the message says why
 

@@ -34,7 +34,7 @@ from analysis.results import is_missing, number
 from analysis.style import RC, human_bytes, human_count, method_color
 from analysis.summary import COLUMNS as SUMMARY_COLUMNS
 from analysis.summary import notes, status_counts, summary_rows
-from experiments import record as R
+from experiments.contract import record as R
 
 CAPTIONS = {
     "accuracy_vs_params": "Test accuracy against trainable parameters (log scale); "

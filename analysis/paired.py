@@ -45,8 +45,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis import results
-from experiments import record as R
-from experiments.record import col
+from experiments.contract import record as R
+from experiments.contract.record import col
 
 BOOTSTRAP_RESAMPLES = 2000  # the interval's ends move by ~0.1 pt between seeds at this count
 BOOTSTRAP_SEED = 0

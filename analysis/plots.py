@@ -48,8 +48,8 @@ from analysis.style import (
     paper_style,
     save_figure,
 )
-from experiments import record as R
-from experiments.record import col
+from experiments.contract import record as R
+from experiments.contract.record import col
 
 CI_NOTE = "mean ± 95% CI over seeds"
 GUIDE = "0.4"  # frontier and reference marks: a grey no method colour uses

@@ -5,10 +5,10 @@
     df = results.load(source="wandb")            # $WANDB_ENTITY / $WANDB_PROJECT
     agg = results.aggregate(results.finished(df))  # one row per config_hash, mean/std/n/95% CI
 
-Columns are the record's keys flattened with dots (`experiments.record.col`):
+Columns are the record's keys flattened with dots (`experiments.contract.record.col`):
 `metrics.test/accuracy`, `params.trainable`, `memory.measured_peak_bytes`, `config.lora.rank`.
-The names analysis reads are the constants below, built from `experiments.record`, the one place
-the keys are spelled. Lists (`val_history`) stay as Python objects.
+The names analysis reads are the constants below, built from `experiments.contract.record`, the
+one place the keys are spelled. Lists (`val_history`) stay as Python objects.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from experiments import record as R
-from experiments.record import col, method_rank
+from experiments.contract import record as R
+from experiments.contract.record import col, method_rank
 
 # Columns every view reads (flattened record keys).
 ACCURACY = col(R.METRICS, R.TEST_ACCURACY)

@@ -16,14 +16,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter, Locator, MaxNLocator
 
 from analysis.results import number
-from experiments.units import BYTE_UNITS
-from experiments.units import human_bytes as _format_bytes
+from experiments.contract.units import BYTE_UNITS
+from experiments.contract.units import human_bytes as _format_bytes
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies and in greyscale print.
-# Its nine colours give each method of experiments.record.METHOD_ORDER its own. The first five
-# methods keep the colours they had before the registry grew; bitfit and ia3, which train least,
-# take sky blue (beside the head's blue) and yellow; prefix grey, beside soft_prompt; dora black,
-# LoRA's variant. Figures draw their own guides (frontier, predictions) in grey, not black.
+# Its nine colours give each method of experiments.contract.record.METHOD_ORDER its own. The
+# first five methods keep the colours they had before the registry grew; bitfit and ia3, which
+# train least, take sky blue (beside the head's blue) and yellow; prefix grey, beside
+# soft_prompt; dora black, LoRA's variant. Figures draw their own guides (frontier,
+# predictions) in grey, not black.
 METHOD_COLORS = {
     "head": "#0072B2", "bitfit": "#56B4E9", "ia3": "#F0E442", "embedding": "#E69F00",
     "soft_prompt": "#009E73", "prefix": "#999999", "lora": "#D55E00", "dora": "#000000",

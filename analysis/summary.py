@@ -12,8 +12,8 @@ import pandas as pd
 from analysis import paired, results
 from analysis.results import number
 from analysis.style import human_bytes, human_count
-from experiments import record as R
-from experiments.record import method_rank
+from experiments.contract import record as R
+from experiments.contract.record import method_rank
 
 COLUMNS = ("method", "n", "test accuracy (%)", "trainable params", "% of total",
            "predicted memory", "measured peak memory", "time to fit (s)", "throughput (ex/s)")

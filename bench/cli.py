@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from bench.workloads import Settings
-from experiments.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, split
-from experiments.config import UserError, coerce, parse_overrides
+from experiments.harness.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, split
+from experiments.harness.config import UserError, coerce, parse_overrides
 
 SECTIONS = ("methods", "peft", "inference", "scaling", "levers", "profile")
 USAGE = ("usage: python -m bench [--smoke] [--only " + ",".join(SECTIONS) +
@@ -65,7 +65,7 @@ OVERRIDABLE = ("model", "batch_size", "seq_len", "seed")
 
 def parse(argv: list[str]) -> Plan:
     """The plan the arguments ask for; UserError if they are bad."""
-    from experiments.runtime import pick_device
+    from experiments.harness.runtime import pick_device
 
     args = split(argv, FLAGS)
     opts = {f"--{k}": v for k, v in args.flags.items()}
@@ -112,7 +112,7 @@ def machine(device: torch.device) -> dict[str, Any]:
     """Where the numbers come from: a run record's provenance plus the hardware and peft."""
     import psutil
 
-    from experiments.provenance import cpu_model, environment
+    from experiments.harness.provenance import cpu_model, environment
 
     try:
         import peft
@@ -155,7 +155,7 @@ def run_sections(s: Settings, sections: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run, then write bench.json, figures and BENCHMARKS.md; 2 with one line on bad input."""
     from bench import report
-    from experiments.io import atomic_write_json
+    from experiments.contract.io import atomic_write_json
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

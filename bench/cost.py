@@ -7,7 +7,7 @@ from typing import Any
 
 from bench.timing import interleaved, median_ratio
 from bench.workloads import Settings, build
-from experiments import record as R
+from experiments.contract import record as R
 
 BASELINE = "full"
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from bench.timing import interleaved, median_ratio, stats
 from bench.workloads import Settings, real_batch
-from experiments.runtime import Context, pick_precision, seed_everything
+from experiments.harness.runtime import Context, pick_precision, seed_everything
 from methods import lora
 
 TOLERANCE = 0.03  # merged / base latency must stay within 3%
@@ -20,7 +20,7 @@ TOLERANCE = 0.03  # merged / base latency must stay within 3%
 
 def models(s: Settings) -> tuple[dict[str, nn.Module], Any]:
     """base, lora unmerged (all layers, r=8, non-zero trained-like B), lora merged; tokenizer."""
-    from experiments.backbones import load_backbone
+    from experiments.inputs.backbones import load_backbone
 
     seed_everything(s.seed)
     base, tokenizer, _ = load_backbone(s.model, 2, dropout=0.0)

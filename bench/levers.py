@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bench.workloads import Settings
-from experiments import record as R
+from experiments.contract import record as R
 
 PLAIN = ["precision=fp32", "group_by_length=0", "optimizer_impl=foreach"]
 
@@ -37,7 +37,7 @@ def levers(s: Settings) -> list[tuple[str, list[str]]]:
 
 def _one(s: Settings, overrides: list[str], sizes: list[str]) -> dict[str, float]:
     """One short run of the harness; its steps, training time and wall time."""
-    from experiments.config import resolve
+    from experiments.harness.config import resolve
     from experiments.train import run
 
     with tempfile.TemporaryDirectory() as runs:

@@ -15,8 +15,8 @@ from torch import nn
 
 from bench.timing import interleaved, median_ratio, stats
 from bench.workloads import Settings, build, param_counts
-from experiments import record as R
-from experiments.config import Config, UserError
+from experiments.contract import record as R
+from experiments.harness.config import Config, UserError
 from methods import lora
 
 OPTIONS = ["lora.targets=all", "lora.rank=8", "lora.alpha=16"]

@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.timing import sync
 from bench.workloads import Settings, build
-from experiments.runtime import pick_precision
+from experiments.harness.runtime import pick_precision
 
 # (kind, exact aten names, name prefixes). The first kind that matches an op wins.
 KINDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (

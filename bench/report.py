@@ -9,8 +9,8 @@ from typing import Any
 
 from analysis.style import human_bytes, human_count
 from bench.workloads import Settings
-from experiments import record as R
-from experiments.io import atomic_write_text
+from experiments.contract import record as R
+from experiments.contract.io import atomic_write_text
 
 
 def settings_dict(s: Settings) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def _methods(sec: dict[str, Any], cuda: bool) -> list[str]:
     out += _table(head, rows) + [""]
     full = next(r for r in sec["rows"] if r["label"] == sec["baseline"])
     notes = ["**ledger**: weights + gradients + optimizer state after the first step, each "
-             "storage counted once (`experiments.memory`, as in every run record); "
+             "storage counted once (`experiments.memory.ledger`, as in every run record); "
              "**activations**: peak bytes autograd saved for backward in that step.",
              "**GFLOP/step**: floating-point operations (2 per multiply-add) of the step's "
              "matrix products and attention, forward and backward, counted by "
@@ -226,8 +226,8 @@ HOW = [
     " through its `prepare_data` hook), so the numbers are what `make experiment` pays per step,"
     " minus data loading.",
     "- Timers synchronise the device before and after each step; the first warm-up step measures"
-    " the ledger and saved activations (`experiments.memory.FirstStepProbe`), the second counts"
-    " FLOPs, the rest are untimed.",
+    " the ledger and saved activations (`experiments.memory.ledger.FirstStepProbe`), the"
+    " second counts FLOPs, the rest are untimed.",
     "- On CUDA the same script runs every method in bf16-mixed (autocast), reports MFU against"
     " the GPU's dense bf16 peak and the device peak from `torch.cuda`; on CPU there is no MFU.",
     "- Speed numbers on a shared 2-core machine move by a few percent between runs; the ratios,"

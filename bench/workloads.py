@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 
 from bench.flops import counted_flops, non_embedding_params, peak_flops
 from bench.timing import stats
-from experiments import record as R
-from experiments.config import Config, resolve
-from experiments.memory import FirstStepProbe, predict
-from experiments.runtime import Context, pick_precision, seed_everything
+from experiments.contract import record as R
+from experiments.harness.config import Config, resolve
+from experiments.harness.runtime import Context, pick_precision, seed_everything
+from experiments.memory.ledger import FirstStepProbe, predict
 from experiments.train import apply_update, build_optimizer, forward_backward
 
 # An adapter other than the method's own `apply`: (model, cfg) -> (model to train, info).
@@ -52,7 +52,7 @@ class Settings:
 @functools.lru_cache(maxsize=1)
 def _examples(n: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """The first n training examples of the embedded Rotten Tomatoes split."""
-    from experiments.data import load_rotten_tomatoes
+    from experiments.inputs.data import load_rotten_tomatoes
 
     train = load_rotten_tomatoes().splits["train"].select(range(n))
     return tuple(train["text"]), tuple(int(v) for v in train["label"])
@@ -170,7 +170,7 @@ def build(label: str, method: str, options: list[str], s: Settings, adapt: Adapt
 
     `options` are harness `key=value` overrides; `adapt` replaces the method's `apply` (PEFT,
     ablations) while keeping its config, learning rate and optimizer."""
-    from experiments.backbones import load_backbone
+    from experiments.inputs.backbones import load_backbone
     from methods import METHODS
 
     cfg = resolve([f"method={method}", f"model={s.model}", f"precision={s.precision}",

@@ -27,11 +27,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from experiments import checkpoint, distributed, parallel
-from experiments import record as R
-from experiments.batching import IGNORE_INDEX, EpochOrder, PaddedRows, token_lengths
-from experiments.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
-from experiments.config import (
+from experiments.contract import record as R
+from experiments.contract.units import human_bytes
+from experiments.dist import parallel
+from experiments.dist import process as distributed
+from experiments.harness import checkpoint
+from experiments.harness.batching import IGNORE_INDEX, EpochOrder, PaddedRows, token_lengths
+from experiments.harness.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
+from experiments.harness.config import (
     Config,
     UserError,
     config_hash,
@@ -41,10 +44,15 @@ from experiments.config import (
     resolve,
     to_dict,
 )
-from experiments.evaluation import eval_loader, evaluate
-from experiments.memory import FirstStepProbe, memory_record, memory_summary, per_rank
-from experiments.runtime import Context, pick_device, pick_precision, seed_everything, tokenize
-from experiments.units import human_bytes
+from experiments.harness.evaluation import eval_loader, evaluate
+from experiments.harness.runtime import (
+    Context,
+    pick_device,
+    pick_precision,
+    seed_everything,
+    tokenize,
+)
+from experiments.memory.ledger import FirstStepProbe, memory_record, memory_summary, per_rank
 from methods import METHODS
 from methods.model import param_split
 
@@ -54,8 +62,8 @@ def build_optimizer(model: torch.nn.Module, cfg: Config,
     """AdamW over the trainable parameters only; no weight decay on biases and norms.
 
     `precision` (default `cfg.precision`) picks the state layout: mixed-12n keeps bf16
-    gradients and momentum (`experiments.optim.Mixed12nAdamW`), the others torch's AdamW."""
-    from experiments.optim import make_adamw
+    gradients and momentum (`experiments.harness.optim.Mixed12nAdamW`), the others torch's AdamW."""
+    from experiments.harness.optim import make_adamw
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -124,12 +132,12 @@ class NonFiniteLoss(RuntimeError):
 
 def run(cfg: Config) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the record (also written to disk)."""
-    from experiments.artifacts import save_run
-    from experiments.backbones import load_backbone
-    from experiments.data import load_data
-    from experiments.io import atomic_write_json
-    from experiments.provenance import environment, new_run_id
-    from experiments.tracking import NullTracker, Tracker, wandb_mode
+    from experiments.contract.io import atomic_write_json
+    from experiments.harness.artifacts import save_run
+    from experiments.harness.provenance import environment, new_run_id
+    from experiments.harness.tracking import NullTracker, Tracker, wandb_mode
+    from experiments.inputs.backbones import load_backbone
+    from experiments.inputs.data import load_data
     t0 = time.perf_counter()
     cfg.dist = distributed.strategy(cfg.dist)  # before hashing: under torchrun none means ddp
     runs_dir = R.runs_dir(cfg.runs_dir)
@@ -229,7 +237,7 @@ class Loop:
         self.val_history: list[dict[str, Any]] = []
         self.loss_value = float("nan")
         self.last_checkpoint: dict[str, Any] | None = None
-        self.test_predictions: Any = None  # experiments.evaluation.Predictions, after test
+        self.test_predictions: Any = None  # experiments.harness.evaluation.Predictions, after test
         self.optimizer: Any = None
         self.scheduler: Any = None
         self.order: EpochOrder | None = None
@@ -262,7 +270,7 @@ class Loop:
 
     def run(self, splits: dict[str, Any], collate: Any) -> dict[str, Any]:
         """Prepare, train, evaluate; fills the record and returns the W&B summary."""
-        from experiments.memory import DevicePeak
+        from experiments.memory.ledger import DevicePeak
 
         # The device peak covers preparation too (the head's feature pass is part of its cost).
         with DevicePeak(self.ctx.device) as peak:
@@ -308,7 +316,7 @@ class Loop:
             for key, value in saved.items():
                 setattr(self, key, value)
         # The ledger on the first step; one whole step measured by category (the second, so
-        # the optimizer state exists when it begins; experiments.memtrack).
+        # the optimizer state exists when it begins; experiments.memory.memtrack).
         probe = FirstStepProbe(model, self.optimizer, steps_left=total - self.step)
 
         bar = tqdm(total=total, initial=self.step, desc=cfg.method, disable=not cfg.progress,

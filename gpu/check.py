@@ -24,8 +24,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from experiments import record as R
-from experiments.units import human_bytes
+from experiments.contract import record as R
+from experiments.contract.units import human_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = ("torch", "transformers", "peft", "datasets", "pyarrow", "pandas", "numpy", "fsspec",

@@ -13,7 +13,7 @@ A method is a module with:
   its users' tools load (LoRA: a PEFT folder), returning {what: path inside `dir`}; `load` puts
   it back into a model `apply` prepared. A `backbone` entry names a `save_pretrained` folder the
   rebuilt model starts from (full fine-tuning). Without them the harness saves every trained
-  tensor by name (`experiments.artifacts`).
+  tensor by name (`experiments.harness.artifacts`).
 
 Methods know nothing of the training loop, the records or the reports: the harness imports
 them, never the reverse.

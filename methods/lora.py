@@ -294,7 +294,7 @@ def apply(model: nn.Module, cfg: Config) -> dict:
 def wrap_targets(model: nn.Module, cfg: Config, layer_cls: type[LoRALinear]) -> dict:
     """`apply` for LoRA and its variants: `layer_cls` (LoRALinear or a subclass) wraps each
     target; the backbone freezes; adapters and the head train."""
-    cfg.validate()  # also when called directly, not only through experiments.config.resolve
+    cfg.validate()  # also when called directly, not only through experiments.harness.config.resolve
     if lora_layers(model):
         raise MethodError(f"the model already has LoRA layers; apply {cfg.name} once, to a fresh "
                           "model")

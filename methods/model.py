@@ -5,7 +5,7 @@ tokens, and applies dropout and one linear `classifier`. One head for every arch
 method keeps a comparison fair: the native sequence-classification heads differ (BERT's randomly
 initialised tanh pooler, GPT-2's pad-id last-token lookup), and the embedded MiniLM was trained
 with mean pooling. Loading a backbone (hub, local folder, tiny config) is the harness's job
-(`experiments/backbones.py`); this module only needs torch.
+(`experiments/inputs/backbones.py`); this module only needs torch.
 """
 
 from __future__ import annotations

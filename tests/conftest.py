@@ -43,7 +43,7 @@ def runs_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny(request: pytest.FixtureRequest):  # noqa: ANN201
     """A factory: tiny(arch, num_labels=2) -> (model, tokenizer, info), seeded."""
-    from experiments.backbones import load_backbone
+    from experiments.inputs.backbones import load_backbone
 
     def make(arch: str, num_labels: int = 2, pooling: str = "mean"):  # noqa: ANN202
         torch.manual_seed(0)

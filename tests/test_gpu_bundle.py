@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from experiments import record as R
-from experiments.config import UserError
+from experiments.contract import record as R
+from experiments.harness.config import UserError
 from gpu import bundle, check
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_env_overrides_resolve_the_embedded_model_and_data(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments import backbones, data
+    from experiments.inputs import backbones, data
 
     monkeypatch.setenv("TUNEBENCH_MINILM_DIR", str(tmp_path / "m"))
     assert backbones.minilm_path() == tmp_path / "m"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import record as R
+from experiments.contract import record as R
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("methods", "experiments", "analysis", "bench", "gpu")
@@ -40,7 +40,7 @@ def test_analysis_imports_no_torch() -> None:
 
 
 def test_record_schema_imports_no_torch() -> None:
-    code = "import sys, experiments.record; assert 'torch' not in sys.modules"
+    code = "import sys, experiments.contract.record; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
@@ -76,7 +76,7 @@ def test_record_keys_are_spelled_in_one_module() -> None:
             copies = _string_literals(path) & _DISTINCT
             if copies:
                 offenders[str(path.relative_to(REPO))] = sorted(copies)
-    assert not offenders, f"record keys spelled outside experiments/record.py: {offenders}"
+    assert not offenders, f"record keys spelled outside experiments/contract/record.py: {offenders}"
 
 
 def test_nothing_points_outside_the_repository() -> None:
@@ -100,7 +100,7 @@ def test_the_design_shows_bitfit_as_it_is() -> None:
 
 def test_the_design_example_runs_end_to_end(runs_dir: Path) -> None:
     """The example method trains through the harness and leaves a finished record."""
-    from experiments.config import resolve
+    from experiments.harness.config import resolve
     from experiments.train import run
 
     record = run(resolve(["method=bitfit", "model=tiny-bert", "train_size=64", "eval_size=32",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import record as R
+from experiments.contract import record as R
 
 METHODS = ("head", "full")
 SEEDS = (0, 1)
@@ -24,7 +24,7 @@ def real_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Session-scoped so that every analysis test file reads the same records and the runs are paid
     for once; tests that change records work on a copy (`runs_copy`).
     """
-    from experiments.config import resolve
+    from experiments.harness.config import resolve
     from experiments.train import run
 
     runs_dir = tmp_path_factory.mktemp("analysis") / "runs"

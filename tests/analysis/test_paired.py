@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis import dashboard, paired, results, summary
-from experiments import record as R
+from experiments.contract import record as R
 
 
 def predictions(labels: list[int], predicted: list[int],

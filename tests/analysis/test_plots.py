@@ -18,7 +18,7 @@ from matplotlib.text import Text  # noqa: E402
 
 from analysis import plots, results  # noqa: E402
 from analysis.style import BytesLocator, Log2BytesLocator, human_bytes, method_color  # noqa: E402
-from experiments import record as R  # noqa: E402
+from experiments.contract import record as R  # noqa: E402
 
 BASIC = ("accuracy_vs_params", "accuracy_vs_memory", "memory_breakdown", "time_throughput",
          "val_curves")

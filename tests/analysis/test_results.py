@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import results
-from experiments import record as R
+from experiments.contract import record as R
 
 
 def test_records_load_as_one_flat_row_per_run(real_runs: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.colors import to_rgb
 
 from analysis import style
-from experiments import record as R
+from experiments.contract import record as R
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,6 +40,7 @@ def test_analysis_imports_no_torch() -> None:
             "analysis.paired, analysis.cli, analysis.style; "
             "assert 'torch' not in sys.modules, 'torch was imported'; "
             "assert not [m for m in sys.modules if m.startswith('experiments.') and m not in "
-            "('experiments.record', 'experiments.units')], 'more of the harness was imported'")
+            "('experiments.contract', 'experiments.contract.record', "
+            "'experiments.contract.units')], 'more of the harness was imported'")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

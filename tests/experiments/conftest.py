@@ -12,7 +12,7 @@ def nodrop(tmp_path_factory: pytest.TempPathFactory) -> str:
     fixed function of its rows, so the trajectories can be compared step by step."""
     from transformers import AutoModel, BertConfig
 
-    from experiments.backbones import load_tokenizer, minilm_path
+    from experiments.inputs.backbones import load_tokenizer, minilm_path
 
     tok = load_tokenizer(minilm_path())
     cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.config import resolve
+from experiments.harness.config import resolve
 from experiments.train import run
 
 pytestmark = pytest.mark.gpu

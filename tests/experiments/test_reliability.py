@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import methods.model as model_mod
-from experiments.config import UserError, resolve
+from experiments.harness.config import UserError, resolve
 from experiments.train import NonFiniteLoss, run
 
 REPO = Path(__file__).resolve().parents[2]

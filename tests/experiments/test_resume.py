@@ -10,8 +10,8 @@ import pytest
 from helpers import read_wandb_file
 
 import methods.model as model_mod
-from experiments import record as R
-from experiments.config import UserError, resolve
+from experiments.contract import record as R
+from experiments.harness.config import UserError, resolve
 from experiments.train import run
 
 BASE = ["method=full", "model=tiny-bert", "train_size=64", "eval_size=16", "batch_size=16",

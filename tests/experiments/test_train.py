@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import read_wandb_file
 
-from experiments.config import resolve
-from experiments.evaluation import classification_metrics
+from experiments.harness.config import resolve
+from experiments.harness.evaluation import classification_metrics
 from experiments.train import main, run, warmup_linear
 
 REPO = Path(__file__).resolve().parents[2]

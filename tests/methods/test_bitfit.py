@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.config import resolve
+from experiments.harness.config import resolve
 from methods import bitfit
 from methods.base import MethodError
 from methods.model import param_split

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import resolve
+from experiments.harness.config import resolve
 from experiments.train import run
 
 POSITIVE = ["great", "wonderful", "superb", "brilliant", "delightful", "moving", "funny"]
@@ -55,7 +55,7 @@ def test_cached_features_are_each_examples_own_in_the_splits_order(tiny) -> None
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
-    from experiments.runtime import Context
+    from experiments.harness.runtime import Context
     from methods import head
 
     model, tok, _ = tiny("tiny-bert")

@@ -11,8 +11,8 @@ from helpers import eval_logits as _logits
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from experiments.backbones import TINY_ARCHS
-from experiments.config import UserError, resolve
+from experiments.harness.config import UserError, resolve
+from experiments.inputs.backbones import TINY_ARCHS
 from methods import ia3
 from methods.base import MethodError
 from methods.model import param_split

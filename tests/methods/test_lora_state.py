@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from experiments.config import UserError, resolve
+from experiments.harness.config import UserError, resolve
 from methods import lora
 
 

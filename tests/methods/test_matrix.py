@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.backbones import TINY_ARCHS
+from experiments.inputs.backbones import TINY_ARCHS
 from methods import METHODS
 from methods.base import MethodError
 from methods.model import param_split

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from helpers import eval_logits as _logits
 from torch import nn
 
-from experiments.backbones import TINY_ARCHS
-from experiments.config import UserError, resolve
+from experiments.harness.config import UserError, resolve
+from experiments.inputs.backbones import TINY_ARCHS
 from methods import prefix
 from methods.model import param_split, pool
 

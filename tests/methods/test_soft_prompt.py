@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import methods.model as model_mod
-from experiments.backbones import TINY_ARCHS
-from experiments.config import UserError, resolve
+from experiments.harness.config import UserError, resolve
+from experiments.inputs.backbones import TINY_ARCHS
 from methods import soft_prompt
 from methods.base import MethodError
 

@@ -1,0 +1,57 @@
+"""The check `make experiment NPROC=N` runs before torchrun starts: N processes must each get a
+core (CPU) or a device (CUDA), or the run is refused with one line and exit code 2.
+
+    python -m experiments.dist.launch NPROC [device]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from experiments.harness.cli import EXIT_OK, EXIT_USER_ERROR
+from experiments.harness.config import UserError
+
+
+def capacity(device_type: str) -> tuple[int, str]:
+    """How many processes this machine can give one core or device each."""
+    if device_type == "cuda":
+        return torch.cuda.device_count(), "CUDA devices"
+    try:
+        return len(os.sched_getaffinity(0)), "CPU cores"
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1, "CPU cores"
+
+
+def check_nproc(nproc: int, device_type: str) -> None:
+    """UserError when `nproc` processes would share cores or devices."""
+    if nproc < 1:
+        raise UserError(f"NPROC={nproc} must be >= 1")
+    have, what = capacity(device_type)
+    if nproc > have:
+        raise UserError(f"NPROC={nproc} processes but this machine has {have} {what}; "
+                        f"use NPROC<={have}")
+
+
+def precheck(argv: list[str]) -> int:
+    """`python -m experiments.dist.launch NPROC [device]`: exit 2 with one line if too many."""
+    try:
+        nproc = int(argv[0])
+    except (IndexError, ValueError):
+        print(f"error: NPROC={argv[0] if argv else ''!r} is not an integer", file=sys.stderr)
+        return EXIT_USER_ERROR
+    want = argv[1] if len(argv) > 1 else "auto"
+    kind = "cuda" if want.startswith("cuda") or (want == "auto" and torch.cuda.is_available()) \
+        else "cpu"
+    try:
+        check_nproc(nproc, kind)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(precheck(sys.argv[1:]))

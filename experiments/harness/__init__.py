@@ -1,0 +1,2 @@
+"""The one training harness's parts: config, runtime, data order, evaluation, optimizer,
+checkpoints, tracking, artifacts."""

@@ -1,0 +1,214 @@
+"""What a finished run leaves behind: its trained model and its test predictions.
+
+`runs/<run_id>/model/` holds the trained model in the format its users' tools load, chosen by
+the method's optional `save(model, dir)` hook (LoRA: its adapter file and a PEFT folder; full
+fine-tuning: `save_pretrained` of the backbone with its tokenizer, and the head), or by default
+every trained tensor (`requires_grad`, plus any parameter the method added, plus the head) keyed
+by name in one safetensors file. `manifest.json` says how to rebuild the model: the method, the
+backbone, the labels and the run's config; `load_model` (`make predict`) rebuilds it from there.
+A random tiny backbone exists nowhere else, so its frozen weights are saved beside it.
+
+`runs/<run_id>/predictions.parquet` holds one row per test example (`experiments.contract.record`'s
+PRED_* columns). Both are written atomically; the record lists every file and its size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from experiments.contract import record as R
+from experiments.dist import parallel
+from experiments.dist.process import DistInfo
+from experiments.harness.config import Config, UserError, flatten, method_errors, resolve, to_dict
+from experiments.harness.evaluation import Predictions
+from methods import METHODS
+
+MANIFEST_FORMAT = 1
+TRAINED_FILE = "trained.safetensors"  # the generic save: every trained tensor by name
+BASE_FILE = "base.safetensors"  # a random tiny backbone's frozen weights
+# manifest.json keys
+M_FORMAT = "format"
+M_METHOD = "method"
+M_MODEL = "model"
+M_NUM_LABELS = "num_labels"
+M_LABEL_NAMES = "label_names"
+M_POOLING = "pooling"
+M_CONFIG = "config"
+M_PRECISION = "precision"  # what the run computed in (its config may say auto)
+M_FORMATS = "formats"  # {what: path inside the model folder}
+# formats the harness reads when it rebuilds a model (a method's hook may add others)
+F_BACKBONE = "backbone"  # a save_pretrained folder the model starts from instead of cfg.model
+F_TRAINED = "trained"
+F_BASE = "base"
+
+
+def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter that trained or that a method added, and the head, by name (CPU copies:
+    a gathered or tied tensor may share storage, which safetensors refuses)."""
+    head = {f"classifier.{n}" for n, _ in model.classifier.named_parameters()}
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+            if p.requires_grad or n in head or n not in model.base_param_names}
+
+
+def load_tensors(model: nn.Module, path: Path, expected: set[str] | None = None) -> None:
+    """Copy a safetensors file into the model's parameters by name; every name must have a
+    place, and every `expected` name must be in the file."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    missing = sorted((expected or set()) - set(tensors))
+    if unknown or missing:
+        what = f"{len(unknown)} tensors with no place in the model (first: {unknown[0]})" \
+            if unknown else f"{len(missing)} trained tensors missing (first: {missing[0]})"
+        raise UserError(f"{path}: {what}; was it saved by this code for this run's config?")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def save_model(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str],
+               model_info: dict[str, Any], precision: str) -> dict[str, str]:
+    """Write `run_dir/model/` (atomically: a temp folder renamed); returns the formats written,
+    as paths relative to the run folder. `model` holds full tensors (gathered if sharded)."""
+    final, tmp = run_dir / R.MODEL_DIR, run_dir / f".{R.MODEL_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    hook = getattr(METHODS[cfg.method], "save", None)
+    with method_errors():
+        formats = dict(hook(model, tmp) or {}) if hook is not None else {}
+    if hook is None:
+        _save_tensors(trained_tensors(model), tmp / TRAINED_FILE)
+        formats[F_TRAINED] = TRAINED_FILE
+    if model_info.get("source") == "tiny" and F_BACKBONE not in formats:
+        # A tiny backbone is random: the frozen weights the run trained on exist only here.
+        trained = set(trained_tensors(model))
+        _save_tensors({n: p.detach().cpu().clone() for n, p in model.named_parameters()
+                       if n in model.base_param_names and n not in trained}, tmp / BASE_FILE)
+        formats[F_BASE] = BASE_FILE
+    manifest = {M_FORMAT: MANIFEST_FORMAT, M_METHOD: cfg.method, M_MODEL: model_info,
+                M_NUM_LABELS: len(label_names), M_LABEL_NAMES: list(label_names),
+                M_POOLING: cfg.pooling, M_PRECISION: precision, M_FORMATS: formats,
+                M_CONFIG: to_dict(cfg)}
+    (tmp / R.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return {k: f"{R.MODEL_DIR}/{v}" for k, v in formats.items()}
+
+
+def write_predictions(run_dir: Path, predictions: Predictions) -> Path:
+    """`run_dir/predictions.parquet`, written to a temp file and renamed."""
+    path = run_dir / R.PREDICTIONS_FILE
+    tmp = run_dir / f".{R.PREDICTIONS_FILE}.tmp"
+    predictions.frame().to_parquet(tmp, index=False)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def listing(run_dir: Path, paths: list[Path], formats: dict[str, str]) -> dict[str, Any]:
+    """The record's `artifacts` section: every file under `paths` with its size."""
+    files: dict[str, int] = {}
+    for path in paths:
+        found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files.update({str(p.relative_to(run_dir)): p.stat().st_size for p in found})
+    return {R.ARTIFACT_FILES: files, R.ARTIFACT_TOTAL_BYTES: sum(files.values()),
+            R.ARTIFACT_FORMATS: formats}
+
+
+def save_run(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str],
+             model_info: dict[str, Any], predictions: Predictions | None, info: DistInfo,
+             precision: str) -> dict[str, Any]:
+    """Predictions and (with save=auto) the model; under several processes every rank takes part
+    in gathering the weights and rank 0 writes. Returns the `artifacts` section (rank 0)."""
+    paths, formats = [], {}
+    if info.main and predictions is not None:
+        paths.append(write_predictions(run_dir, predictions))
+    if cfg.save != "none":
+        with parallel.full_weights(model, info) as full:
+            if info.main:
+                formats = save_model(full, run_dir, cfg, label_names, model_info, precision)
+                paths.append(run_dir / R.MODEL_DIR)
+    return listing(run_dir, paths, formats) if info.main else {}
+
+
+def model_dir(run: str, runs_dir: str | None = None) -> Path:
+    """The model folder of a run: a run id in the runs folder, a run folder, or a model folder.
+    UserError when there is no such run or it saved no model."""
+    given = Path(run).expanduser()
+    if not run.strip():
+        raise UserError("no run given; pass RUN=<run_id or run folder>")
+    candidates = [given / R.MODEL_DIR, given, R.runs_dir(runs_dir) / run / R.MODEL_DIR]
+    for folder in candidates:
+        if (folder / R.MANIFEST_FILE).is_file():
+            return folder
+    run_dir = given if (given / R.RECORD_FILE).is_file() else R.runs_dir(runs_dir) / run
+    if not (run_dir / R.RECORD_FILE).is_file():
+        raise UserError(f"no run {run!r}: neither a run folder nor a run id in "
+                        f"{R.runs_dir(runs_dir)}")
+    status = json.loads((run_dir / R.RECORD_FILE).read_text()).get(R.STATUS)
+    raise UserError(f"run {run!r} has no saved model ({run_dir / R.MODEL_DIR} is missing; the "
+                    f"run is {status}; only a finished run with save=auto saves one)")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a model folder."""
+    manifest = json.loads((folder / R.MANIFEST_FILE).read_text())
+    if manifest.get(M_FORMAT) != MANIFEST_FORMAT:
+        raise UserError(f"{folder}: manifest format {manifest.get(M_FORMAT)!r} is not "
+                        f"{MANIFEST_FORMAT}; it was written by another version of tunebench")
+    return manifest
+
+
+def run_config(manifest: dict[str, Any]) -> Config:
+    """The run's resolved config, as saved."""
+    return resolve(flatten(manifest[M_CONFIG]))
+
+
+def base_model(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model, tokenizer, manifest): the run's backbone and an untrained head, before the method
+    changes anything: what `peft.PeftModel.from_pretrained(model, folder / "peft")` expects."""
+    from experiments.harness.runtime import seed_everything
+    from experiments.inputs.backbones import load_backbone
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    cfg = run_config(manifest)
+    formats = manifest[M_FORMATS]
+    seed_everything(cfg.seed)  # the head's init, as in the run (the method's file overwrites it)
+    source = str(folder / formats[F_BACKBONE]) if F_BACKBONE in formats else cfg.model
+    model, tok, _ = load_backbone(source, manifest[M_NUM_LABELS], cfg.pooling,
+                                  cfg.classifier_dropout)
+    if F_BASE in formats:
+        load_tensors(model, folder / formats[F_BASE])
+    return model, tok, manifest
+
+
+def load_model(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer, manifest): the trained model a run saved, rebuilt."""
+    folder = Path(folder)
+    model, tok, manifest = base_model(folder)
+    cfg = run_config(manifest)
+    method = METHODS[cfg.method]
+    with method_errors():
+        method.apply(model, cfg.method_cfg)
+        hook = getattr(method, "load", None)
+        if hook is not None:
+            hook(model, folder)
+    if hook is None:
+        load_tensors(model, folder / manifest[M_FORMATS][F_TRAINED], set(trained_tensors(model)))
+    return model.eval(), tok, manifest

@@ -1,0 +1,263 @@
+"""Typed run configuration: defaults here, a per-method preset, then `key=value` overrides.
+
+Resolution order is fixed: the dataclass defaults below <- the method's `PRESET` dict <- the
+command line. Method options live in the method's own dataclass and are addressed as
+`<method>.<field>` (for example `lora.rank=16`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.contract import record
+from methods import METHODS
+from methods.base import MethodError
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: shown as one line, exit code 2, nothing written."""
+
+
+def _f(default: Any, doc: str) -> Any:
+    """A dataclass field with a one-line doc (shown by `python -m experiments.train --help`)."""
+    return field(default=default, metadata={"doc": doc})
+
+
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "mixed-12n")
+POOLINGS = ("mean", "cls", "last")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+DIST_STRATEGIES = ("none", "ddp", "fsdp")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")  # see experiments/harness/optim.py
+SAVE_MODES = ("auto", "none")
+
+
+@dataclass
+class Config:
+    """Everything one run needs; the method's own options sit in `method_cfg`."""
+
+    method: str = _f("lora", "fine-tuning method: head, embedding, soft_prompt, lora, full")
+    model: str = _f("minilm", "backbone: minilm (embedded), tiny-<arch>, a local dir or a hub id")
+    data: str = _f("rotten_tomatoes", "rotten_tomatoes, newsgroups20, a CSV/JSONL/Parquet path "
+                   "or a hub dataset name")
+    text_column: str = _f("text", "text column of a local file or hub dataset")
+    label_column: str = _f("label", "label column of a local file or hub dataset")
+    train_size: int = _f(0, "subsample the train split to this many rows (0 = all)")
+    eval_size: int = _f(0, "subsample validation and test to this many rows each (0 = all)")
+    max_length: int = _f(64, "truncate inputs to this many tokens")
+    pooling: str = _f("mean", "how the head reads the sequence: mean, cls or last (real token)")
+    classifier_dropout: float = _f(0.1, "dropout before the linear classification head")
+    epochs: int = _f(2, "passes over the train split")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = run all epochs)")
+    batch_size: int = _f(32, "examples per optimizer step (global, across processes)")
+    group_by_length: int = _f(50, "length-grouped batches: shuffle, sort mega-batches of this "
+                              "many batches by length (far less padding); 0 = random batches")
+    eval_batch_size: int = _f(128, "examples per evaluation forward pass")
+    lr: float = _f(5e-5, "peak learning rate of AdamW")
+    weight_decay: float = _f(0.01, "AdamW weight decay (matrices only; not biases or norms)")
+    warmup_ratio: float = _f(0.06, "fraction of steps with linear warm-up, then linear decay")
+    max_grad_norm: float = _f(1.0, "clip the gradient norm to this (0 = no clipping)")
+    optimizer_impl: str = _f("auto", "AdamW implementation: auto (fused where torch supports the "
+                             "device and dtype, else foreach), fused, foreach, loop")
+    eval_every: int = _f(0, "also evaluate on validation every N steps (0 = each epoch only)")
+    log_every: int = _f(10, "log train/loss and train/lr every N steps")
+    seed: int = _f(0, "seed for model init, data order and dropout")
+    device: str = _f("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    precision: str = _f("auto", "auto (bf16-mixed on CUDA and on CPUs with native bf16, else "
+                        "fp32), fp32, bf16-mixed, mixed-12n")
+    name: str = _f("", "experiment name: the W&B group (default: the method name)")
+    runs_dir: str = _f("", "where run records go (default: $RUNS_DIR or ./runs)")
+    wandb: str = _f("auto", "auto (online if logged in, else offline), online, offline, disabled")
+    wandb_project: str = _f("", "W&B project (default: $WANDB_PROJECT or tunebench)")
+    progress: bool = _f(True, "show a tqdm progress bar")
+    checkpoint_every: int = _f(100, "save a checkpoint every N steps and at each epoch end "
+                               "(0 = epoch ends only)")
+    keep_checkpoint: bool = _f(False, "keep the checkpoint of a finished run (it is always kept "
+                               "for failed and cancelled runs)")
+    resume: str = _f("", "continue a run: its run_id, or auto (the latest unfinished run with "
+                     "this config and seed)")
+    save: str = _f("auto", "auto: a finished run saves its trained model under runs/<id>/model/ "
+                   "(make predict loads it); none: only the record and predictions")
+    dist: str = _f("none", "several processes (under torchrun): ddp (the default there) or fsdp "
+                   "(full and lora); none = one process")
+    method_cfg: Any = field(default=None, repr=False, metadata={"doc": "the method's options"})
+
+    def resolved_runs_dir(self) -> str:
+        """The folder run records are written to."""
+        return str(record.runs_dir(self.runs_dir))
+
+    def experiment_name(self) -> str:
+        """The W&B group: the explicit name, else the method."""
+        return self.name or self.method
+
+
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The fully resolved config as one plain dict (method options nested under the method)."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "method_cfg"}
+    out["runs_dir"] = cfg.resolved_runs_dir()
+    if cfg.method_cfg is not None and dataclasses.fields(cfg.method_cfg):
+        out[cfg.method] = dataclasses.asdict(cfg.method_cfg)
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    """A short hash of what the run computes; seeds of one experiment share it."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in record.NOT_HASHED}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp))
+
+
+def coerce(key: str, raw: Any, tp: Any) -> Any:
+    """Turn a command-line string (or preset value) into the field's type, or raise UserError."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if isinstance(raw, str) and raw.lower() in ("none", "null", ""):
+            return None
+        tp = args[0]
+    if not isinstance(raw, str):
+        if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, tp) and not (tp is int and isinstance(raw, bool)):
+            return raw
+        raw = str(raw)
+    try:
+        if tp is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if tp is str:
+            return raw
+    except ValueError:
+        pass
+    raise UserError(f"{key}={raw!r} is not {_type_name(tp)}; e.g. {key}={_example(tp)}")
+
+
+def _example(tp: Any) -> str:
+    return {int: "8", float: "0.001", bool: "true", str: "text"}.get(tp, "...")
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj) if not isinstance(obj, type) else obj)
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`["a=1", "lora.rank=8"]` -> `{"a": "1", "lora.rank": "8"}`; anything else is a UserError."""
+    out: dict[str, str] = {}
+    for arg in args:
+        if "=" not in arg or arg.startswith("="):
+            raise UserError(f"argument {arg!r} is not key=value; e.g. lr=1e-4 or lora.rank=16")
+        key, value = arg.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _set(obj: Any, key: str, name: str, raw: Any) -> None:
+    hints = _hints(obj)
+    names = [f.name for f in dataclasses.fields(obj) if f.name != "method_cfg"]
+    if name not in names:
+        raise UserError(f"unknown config key {key!r}; known keys: {', '.join(names)}")
+    setattr(obj, name, coerce(key, raw, hints[name]))
+
+
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `to_dict`: method options back to `method.option` keys."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(args: list[str] | dict[str, Any]) -> Config:
+    """Build the Config for `args` (key=value strings or a dict), preset applied, and check it."""
+    overrides = parse_overrides(args) if isinstance(args, list) else dict(args)
+    method = str(overrides.get("method", Config.method))
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    module = METHODS[method]
+    cfg = Config(method=method, method_cfg=module.Config())
+    for key, value in {**getattr(module, "PRESET", {}), **overrides}.items():
+        if "." in key:
+            prefix, name = key.split(".", 1)
+            if prefix != method:
+                known = ", ".join(sorted(m for m in METHODS if m != method))
+                hint = f" (options of method {prefix!r})" if prefix in METHODS else ""
+                raise UserError(f"config key {key!r}{hint} does not apply to method {method!r}; "
+                                f"use {method}.<option>" + ("" if hint else f" or one of {known}"))
+            _set(cfg.method_cfg, key, name, value)
+        else:
+            _set(cfg, key, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{key}={value!r} is not one of: {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> None:
+    """Check values that a type alone cannot (ranges, choices); the method checks its own."""
+    _choice("precision", cfg.precision, PRECISIONS)
+    _choice("pooling", cfg.pooling, POOLINGS)
+    _choice("wandb", cfg.wandb, WANDB_MODES)
+    _choice("dist", cfg.dist, DIST_STRATEGIES)
+    _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
+    _choice("save", cfg.save, SAVE_MODES)
+    for key in ("batch_size", "eval_batch_size", "max_length", "log_every"):
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"{key}={getattr(cfg, key)} must be a positive integer")
+    for key in ("epochs", "max_steps", "train_size", "eval_size", "eval_every",
+                "checkpoint_every", "group_by_length"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{key}={getattr(cfg, key)} must be >= 0")
+    if cfg.epochs == 0 and cfg.max_steps == 0:
+        raise UserError("epochs=0 with max_steps=0 trains nothing; set epochs>=1 or max_steps")
+    if not cfg.lr > 0:
+        raise UserError(f"lr={cfg.lr} must be > 0")
+    if not 0 <= cfg.classifier_dropout < 1 or not 0 <= cfg.warmup_ratio < 1:
+        raise UserError("classifier_dropout and warmup_ratio must be in [0, 1)")
+    check = getattr(cfg.method_cfg, "validate", None)
+    if check is not None:
+        with method_errors():
+            check()
+
+
+@contextlib.contextmanager
+def method_errors() -> Iterator[None]:
+    """Turn a method's own `MethodError` into the harness's one-line `UserError`."""
+    try:
+        yield
+    except MethodError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def describe() -> str:
+    """Every config key with its default and doc, for --help and the README."""
+    lines = []
+    for f in dataclasses.fields(Config):
+        if f.name != "method_cfg":
+            lines.append(f"  {f.name:<20} {f.default!s:<16} {f.metadata.get('doc', '')}")
+    return "\n".join(lines)

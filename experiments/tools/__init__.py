@@ -1,0 +1,1 @@
+"""Commands built on the harness: suites, publishing, prediction, the memory table."""

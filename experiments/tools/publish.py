@@ -1,0 +1,92 @@
+"""Publish finished runs: their records, histories and predictions, with no absolute paths.
+
+    python -m experiments.tools.publish RUNS_DIR DEST        # e.g. runs/published results/<task>
+
+Copies, for every finished run in RUNS_DIR, `record.json`, `metrics.jsonl` and
+`predictions.parquet` into DEST/<run_id>/ (never checkpoints, saved models or W&B folders), so
+a comparison can be committed and regenerated with `make plots RUNS_DIR=DEST`. Paths in the
+records are rewritten so nothing points at the machine that ran them: the run's own folder
+becomes DEST/<run_id>, files inside the repository or an installed package become relative
+(`site-packages/...`), anything else keeps only its name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from experiments.contract import record as R
+from experiments.contract.io import atomic_write_json
+from experiments.harness.cli import EXIT_OK, EXIT_USER_ERROR
+
+REPO = Path(__file__).resolve().parents[2]
+COPIED = (R.METRICS_FILE, R.PREDICTIONS_FILE)
+
+
+def portable(value: Any, run_dir: Path, dest_run: Path) -> Any:
+    """The value with every absolute path made portable (recursively through dicts and lists)."""
+    if isinstance(value, dict):
+        return {k: portable(v, run_dir, dest_run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, run_dir, dest_run) for v in value]
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path = Path(value)
+    for base, new in ((run_dir.resolve(), dest_run), (REPO, Path("."))):
+        if path == base or base in path.parents:
+            return str(new / path.relative_to(base))
+    if "site-packages" in path.parts:
+        return str(Path(*path.parts[path.parts.index("site-packages"):]))
+    return path.name
+
+
+def _shown(dest: Path) -> Path:
+    """How a record names DEST: relative to the repository when inside it, else by name."""
+    dest = dest.resolve()
+    return dest.relative_to(REPO) if REPO in dest.parents else Path(dest.name)
+
+
+def publish(runs_dir: Path, dest: Path) -> list[str]:
+    """Copy every finished run; returns their ids. Runs already in DEST are replaced."""
+    done = []
+    for path in sorted(runs_dir.glob(f"*/{R.RECORD_FILE}")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get(R.STATUS) != R.FINISHED:
+            continue
+        run_dir, out = path.parent, dest / path.parent.name
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        rec = portable(rec, run_dir, _shown(dest) / run_dir.name)
+        rec.pop(R.LAST_CHECKPOINT, None)  # checkpoints are never published
+        atomic_write_json(out / R.RECORD_FILE, rec)
+        for name in COPIED:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, out / name)
+        done.append(run_dir.name)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: RUNS_DIR DEST."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or not Path(argv[0]).is_dir():
+        print("error: usage: python -m experiments.tools.publish RUNS_DIR DEST (RUNS_DIR must be a "
+              "folder of runs)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    done = publish(Path(argv[0]), Path(argv[1]))
+    if not done:
+        print(f"error: no finished run in {argv[0]}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"published {len(done)} runs to {argv[1]}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Suites: expansion, resumable skip logic, failures recorded, sweeps choose on validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from experiments.harness.config import UserError
+from experiments.tools import suite
+
+TINY = {"model": "tiny-bert", "train_size": 64, "eval_size": 32, "max_steps": 2,
+        "batch_size": 16, "progress": False, "wandb": "disabled"}
+
+
+def _suite_file(tmp_path: Path, experiments: list[dict], seeds: list[int]) -> str:
+    import yaml
+
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump({"seeds": seeds, "defaults": TINY,
+                                    "experiments": experiments}))
+    return str(path)
+
+
+def test_committed_suites_and_sweeps_resolve() -> None:
+    """Every committed suite and sweep file parses and every config in it is valid."""
+    for path in sorted(suite.SUITES_DIR.glob("*.yaml")):
+        jobs = suite.plan(suite.load_suite(path.stem), Path("/nonexistent"))
+        assert jobs and all(j.hash for j in jobs)
+    quick = suite.load_suite("quick")
+    assert len({j.seed for j in quick}) >= 3  # a t-interval on 1 degree of freedom says little
+    # seeds of one experiment share the config hash (the W&B group), experiments do not
+    hashes = {j.name: j.hash for j in suite.plan(quick, Path("/nonexistent"))}
+    assert len(set(hashes.values())) == len(hashes)
+    paper = suite.load_suite("paper")
+    ranks = sorted({j.overrides["lora.rank"] for j in paper if "lora.rank" in j.overrides})
+    assert ranks == [1, 2, 4, 8, 16, 32, 64]
+    sizes = {}
+    for path in sorted(suite.SWEEPS_DIR.glob("*.yaml")):
+        jobs, spec = suite.load_sweep(path.stem)
+        assert spec["metric"] == "val/accuracy" and len(jobs) >= 3
+        suite.plan(jobs, Path("/nonexistent"))
+        sizes[path.stem] = len(spec["grid"]["lr"])
+    # The same tuning budget for every method: a learning-rate grid of the same size.
+    assert len(set(sizes.values())) == 1, sizes
+
+
+def test_the_committed_comparison_is_what_its_suite_runs_with_equal_budgets() -> None:
+    """results/ holds a finished record for every job of the published suite (so a preset
+    changed without pinning the published config shows up here), and every method but the
+    head trained the same number of epochs there (read from the committed records)."""
+    from experiments.contract import record as R
+
+    results = Path(__file__).resolve().parents[3] / "results" / "rotten_tomatoes-minilm"
+    jobs = suite.plan(suite.load_suite("published"), results)
+    assert [j.name for j in jobs if j.status != "done"] == []
+    epochs = {j.name: j.detail[R.EPOCHS] for j in jobs if j.overrides["method"] != "head"}
+    assert set(epochs.values()) == {2}, epochs
+
+
+def test_resume_skips_finished_runs(tmp_path: Path, runs_dir: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    path = _suite_file(tmp_path, [{"name": "a", "method": "full"},
+                                  {"name": "b", "method": "head"}], seeds=[0, 1])
+    assert suite.main([path, "--no-reports"]) == 0
+    records = sorted(runs_dir.glob("*/record.json"))
+    assert len(records) == 4
+    # an interrupted suite: one run's folder is gone (killed before its record was written)
+    victim = json.loads(records[0].read_text())
+    shutil.rmtree(records[0].parent)
+    capsys.readouterr()
+    assert suite.main([path, "--dry"]) == 0
+    assert "3 already done, 1 to run" in capsys.readouterr().out
+    assert suite.main([path, "--no-reports"]) == 0
+    assert "[1/1] " + victim["experiment"] in capsys.readouterr().out
+    assert len(list(runs_dir.glob("*/record.json"))) == 4
+
+
+def test_a_failing_run_is_logged_and_the_suite_goes_on(tmp_path: Path, runs_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _suite_file(tmp_path, [{"name": "bad", "method": "full", "lr": 1e-3},
+                                  {"name": "good", "method": "head"}], seeds=[0])
+    real = suite.run_job
+
+    def flaky(job: suite.Job, runs: Path) -> None:
+        if job.name == "bad":
+            job.overrides = {**job.overrides, "data": str(tmp_path / "vanished.csv")}
+        real(job, runs)
+
+    monkeypatch.setattr(suite, "run_job", flaky)
+    assert suite.main([path, "--no-reports"]) == 1
+    log = [json.loads(x) for x in (runs_dir / "suite-mini.jsonl").read_text().splitlines()]
+    assert [(x["name"], x["status"]) for x in log] == [("bad", "failed"), ("good", "finished")]
+
+
+def test_bad_suite_is_one_line() -> None:
+    known = "paper, precision, precision-subsample, published, quick, smoke"
+    with pytest.raises(UserError, match=f"known: {known}"):
+        suite.load_suite("nosuch")
+
+
+def test_sweep_chooses_on_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     runs_dir: Path) -> None:
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    (sweeps / "full.yaml").write_text(
+        "method: grid\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n"
+        + "".join(f"  {k}: {{value: {str(v).lower()}}}\n" for k, v in TINY.items())
+        + "  method: {value: full}\n  lr: {values: [1.0e-5, 1.0e-2]}\n")
+    monkeypatch.setattr(suite, "SWEEPS_DIR", sweeps)
+    monkeypatch.setenv("REPORTS_DIR", str(tmp_path / "reports"))
+    assert suite.main(["--sweep", "full"]) == 0
+    proposal = json.loads((tmp_path / "reports" / "preset-full.json").read_text())
+    assert proposal["metric"] == "val/accuracy" and len(proposal["candidates"]) == 2
+    best = max(proposal["candidates"], key=lambda c: c["val/accuracy"])
+    assert proposal["preset"] == {"lr": best["lr"]}
+
+
+@pytest.mark.slow
+def test_make_suite_smoke_runs_every_method(tmp_path: Path, runs_dir: Path) -> None:
+    """`make suite SUITE=smoke` as a user types it: every method on MiniLM, then reports."""
+    import os
+    import subprocess
+
+    from methods import METHODS
+
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "REPORTS_DIR": str(tmp_path / "reports")}
+    res = subprocess.run(["make", "-s", "suite", "SUITE=smoke"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in runs_dir.glob("*/record.json")]
+    assert sorted(r["method"] for r in records) == sorted(METHODS)
+    assert all(r["status"] == "finished" for r in records)
+    assert (tmp_path / "reports" / "summary.md").exists()
+    assert "lora-all" in res.stdout  # the closing table
