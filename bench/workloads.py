@@ -17,8 +17,8 @@ from bench.timing import stats
 from experiments.contract import record as R
 from experiments.harness.config import Config, resolve
 from experiments.harness.runtime import Context, pick_precision, seed_everything
+from experiments.harness.step import apply_update, build_optimizer, forward_backward
 from experiments.memory.ledger import FirstStepProbe, predict
-from experiments.train import apply_update, build_optimizer, forward_backward
 
 # An adapter other than the method's own `apply`: (model, cfg) -> (model to train, info).
 Adapt = Callable[[nn.Module, Config], tuple[nn.Module, dict[str, Any]]]

@@ -1,28 +1,42 @@
-"""The method contract: what a module in `methods/` provides, and the error it raises.
+"""The method contract: what a module in `methods/` provides, checked once when it registers.
 
 A method is a module with:
 
-- `Config`: a dataclass of its options (addressed as `<method>.<field>` on the command line),
-  optionally with `validate()` that raises `MethodError` for a bad value;
+- `Config`: a dataclass of its options (addressed as `<method>.<field>` on the command line; each
+  field's `metadata["help"]` is its help line), optionally with `validate()` that raises
+  `MethodError` for a bad value;
 - `PRESET`: a dict of training defaults it needs (e.g. its learning rate), possibly empty;
 - `apply(model, cfg) -> dict`: add modules and set `requires_grad` on the `Classifier`; the
-  returned dict goes into the run record as `method_info`;
-- optionally `prepare_data(model, splits, collate, cfg, ctx)`: a hook the harness calls once
-  before training (the head method uses it to cache frozen features);
-- optionally `save(model, dir) -> dict` and `load(model, dir)`: the trained model in the format
-  its users' tools load (LoRA: a PEFT folder), returning {what: path inside `dir`}; `load` puts
-  it back into a model `apply` prepared. A `backbone` entry names a `save_pretrained` folder the
-  rebuilt model starts from (full fine-tuning). Without them the harness saves every trained
-  tensor by name (`experiments.harness.artifacts`).
+  returned dict goes into the run record as `method_info`.
 
-Methods know nothing of the training loop, the records or the reports: the harness imports
+and optionally these hooks, each with the shape of its type below:
+
+- `prepare_data(model, splits, collate, run_cfg, ctx)` (`DataHook`): called once before training
+  (the head method caches frozen features); returns new splits, collate and info for the record;
+- `lr_scales(model, cfg)` (`LrScales`): parameters that learn at a multiple of the learning rate
+  (LoRA+);
+- `save(model, dir) -> dict` and `load(model, dir)` (`SaveHook`, `LoadHook`): the trained model
+  in the format its users' tools load (LoRA: a PEFT folder), returning {what: path inside
+  `dir`}; `load` puts it back into a model `apply` prepared. A `backbone` entry names a
+  `save_pretrained` folder the rebuilt model starts from (full fine-tuning). Without them the
+  harness saves every trained tensor by name (`experiments.harness.artifacts`);
+- `merge(model) -> int` (`MergeHook`): fold the method's added weights into the base layers for
+  inference; returns how many layers it merged.
+
+`method_spec` turns a module into a `MethodSpec` and refuses, with one line, a module without
+`apply` or with a hook of the wrong shape; callers use the spec's fields, never look hooks up by
+name. Methods know nothing of the training loop, the records or the reports: the harness imports
 them, never the reverse.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 from torch import nn
 
@@ -36,24 +50,71 @@ class MethodError(ValueError):
 Splits = Mapping[str, Any]
 Collate = Callable[[list[Any]], Any]
 
+Apply = Callable[[nn.Module, Any], "dict[str, Any] | None"]
+# (model, splits, collate, run_cfg, ctx): `run_cfg` is the harness's resolved config (the method's
+# options are `run_cfg.method_cfg`); `ctx` offers `autocast()` and `to_device(batch)`.
+DataHook = Callable[[nn.Module, Splits, Collate, Any, Any], tuple[Splits, Collate, dict[str, Any]]]
+LrScales = Callable[[nn.Module, Any], Mapping[nn.Parameter, float]]
+SaveHook = Callable[[nn.Module, Any], dict[str, str]]
+LoadHook = Callable[[nn.Module, Any], None]
+MergeHook = Callable[[nn.Module], int]
 
-@runtime_checkable
-class Method(Protocol):
-    """The module interface of a fine-tuning method (see the module docstring)."""
+# Each hook's parameters, as the harness passes them (positionally).
+HOOK_PARAMS: dict[str, tuple[str, ...]] = {
+    "apply": ("model", "cfg"),
+    "prepare_data": ("model", "splits", "collate", "run_cfg", "ctx"),
+    "lr_scales": ("model", "cfg"),
+    "save": ("model", "dir"),
+    "load": ("model", "dir"),
+    "merge": ("model",),
+}
 
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its options, training defaults, `apply` and the hooks it declares
+    (None where it has none)."""
+
+    name: str
     Config: type
-    PRESET: dict[str, Any]
+    PRESET: Mapping[str, Any]
+    apply: Apply
+    prepare_data: DataHook | None = None
+    lr_scales: LrScales | None = None
+    save: SaveHook | None = None
+    load: LoadHook | None = None
+    merge: MergeHook | None = None
+    doc: str = ""
 
-    def apply(self, model: nn.Module, cfg: Any) -> dict[str, Any]:
-        """Mark what trains (adding modules if the method has any); info for the record."""
-        ...
+
+def _check_hook(name: str, hook: str, fn: Any) -> None:
+    """Raise MethodError unless `fn` is callable with the hook's arguments, positionally."""
+    params = HOOK_PARAMS[hook]
+    want = f"{hook}({', '.join(params)})"
+    if not callable(fn):
+        raise MethodError(f"method {name!r}: {hook} is not a function; the contract is {want}")
+    try:
+        inspect.signature(fn).bind(*params)
+    except TypeError:
+        raise MethodError(f"method {name!r}: {hook}{inspect.signature(fn)} does not match the "
+                          f"contract {want}") from None
+    except ValueError:  # a builtin without a signature: trust it
+        return
 
 
-class DataHook(Protocol):
-    """The optional `prepare_data` hook: returns new splits, collate and info for the record.
-
-    `run_cfg` is the harness's resolved config (the method's options are `run_cfg.method_cfg`);
-    `ctx` offers `autocast()` and `to_device(batch)` for the run's device and precision."""
-
-    def __call__(self, model: nn.Module, splits: Splits, collate: Collate, run_cfg: Any,
-                 ctx: Any) -> tuple[Splits, Collate, dict[str, Any]]: ...
+def method_spec(name: str, module: ModuleType) -> MethodSpec:
+    """The checked spec of a method module; MethodError (one line) when it breaks the contract."""
+    found = vars(module)
+    if "apply" not in found:
+        raise MethodError(f"method {name!r} ({module.__name__}) has no apply(model, cfg)")
+    config = found.get("Config")
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        raise MethodError(f"method {name!r} ({module.__name__}) has no Config dataclass")
+    preset = found.get("PRESET", {})
+    if not isinstance(preset, Mapping):
+        raise MethodError(f"method {name!r}: PRESET must be a dict, not {type(preset).__name__}")
+    hooks = {h: found[h] for h in HOOK_PARAMS if h in found}
+    for hook, fn in hooks.items():
+        _check_hook(name, hook, fn)
+    doc = (inspect.getdoc(module) or "").split("\n", 1)[0]
+    return MethodSpec(name=name, Config=config, PRESET=dict(preset), doc=doc, **hooks)

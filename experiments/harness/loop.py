@@ -1,0 +1,241 @@
+"""The training loop: prepare the loaders and optimizer, fit, evaluate on test.
+
+`Loop` holds what a checkpoint captures (`Progress`, the optimizer and scheduler) so a resumed run
+continues exactly where it stopped. One optimizer step is `experiments.harness.step`'s; the memory
+probe of the first steps is `experiments.memory.ledger.FirstStepProbe`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from experiments.contract import record as R
+from experiments.dist import parallel
+from experiments.dist import process as distributed
+from experiments.harness import checkpoint
+from experiments.harness.batching import EpochOrder, PaddedRows, token_lengths
+from experiments.harness.config import Config
+from experiments.harness.evaluation import eval_loader, evaluate
+from experiments.harness.runtime import Context
+from experiments.harness.step import (
+    NonFiniteLoss,
+    apply_update,
+    build_optimizer,
+    forward_backward,
+    warmup_linear,
+)
+from experiments.memory.ledger import (
+    DevicePeak,
+    FirstStepProbe,
+    memory_record,
+    memory_summary,
+    per_rank,
+)
+
+
+@dataclass
+class Progress:
+    """Where the loop is: the counters a checkpoint stores and a resumed run continues from."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples: int = 0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    val_history: list[dict[str, Any]] = field(default_factory=list)
+    loss_value: float = float("nan")
+
+    def to_checkpoint(self, metrics_offset: int) -> dict[str, Any]:
+        """The checkpoint's `progress` entry; `metrics_offset` is how far metrics.jsonl was."""
+        return {**asdict(self), "metrics_offset": metrics_offset}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> tuple[Progress, int]:
+        """(progress, metrics offset) from what `to_checkpoint` wrote."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls)}), int(saved["metrics_offset"])
+
+
+@dataclass
+class Loaders:
+    """The data a run iterates: the train order and loader, the evaluation loaders, the length."""
+
+    order: EpochOrder
+    train: DataLoader
+    validation: DataLoader
+    test: DataLoader
+    steps_per_epoch: int
+    total: int
+
+
+class Loop:
+    """The training loop's state, so a checkpoint can capture it and a resume restore it."""
+
+    def __init__(self, cfg: Config, ctx: Context, model: torch.nn.Module, method: Any,
+                 num_labels: int, tracker: Any, record: dict[str, Any], run_dir: Path) -> None:
+        self.cfg, self.ctx, self.model, self.method = cfg, ctx, model, method
+        self.num_labels, self.tracker, self.record, self.run_dir = (num_labels, tracker, record,
+                                                                     run_dir)
+        self.progress = Progress()
+        self.prepare_s = 0.0
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.test_predictions: Any = None  # experiments.harness.evaluation.Predictions, after test
+        self.optimizer: Any = None
+        self.scheduler: Any = None
+        self.order: EpochOrder | None = None
+        self.probe: Any = None
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint (after the optimizer exists, and only at a step boundary)."""
+        if self.optimizer is None or self.progress.step == 0:
+            return
+        states = checkpoint.full_states(self.model, self.optimizer, self.ctx.dist)
+        if states is None:  # not rank 0: it took part in the gather, rank 0 writes
+            return
+        path = checkpoint.save(self.run_dir, None, None, self.scheduler,
+                               self.progress.to_checkpoint(self.tracker.position()), states)
+        self.last_checkpoint = {"step": self.progress.step, "path": str(path)}
+
+    def validate(self, loader: DataLoader) -> None:
+        """Evaluate on validation and log it."""
+        t, p = time.perf_counter(), self.progress
+        val = evaluate(parallel.eval_model(self.model, self.ctx.dist), loader, self.ctx,
+                       self.num_labels)
+        p.eval_s += time.perf_counter() - t
+        p.val_history.append({"step": p.step, **val})
+        self.tracker.log({f"val/{k}": v for k, v in val.items() if k != "n"}, step=p.step)
+
+    def prepare(self, splits: dict[str, Any], collate: Any) -> Loaders:
+        """The method's data hook, the wrapped model, loaders, optimizer and schedule; a resumed
+        run's checkpoint put back."""
+        cfg, ctx, record = self.cfg, self.ctx, self.record
+        t_prep = time.perf_counter()
+        hook = getattr(self.method, "prepare_data", None)
+        if hook is not None:
+            splits, collate, hook_info = hook(self.model, splits, collate, cfg, ctx)
+            record[R.METHOD_INFO].update(hook_info)
+        self.prepare_s = time.perf_counter() - t_prep
+        self.model = parallel.wrap(self.model, ctx.dist)  # after the hook: it runs plain
+        loaders = self._loaders(splits, collate)
+        self.optimizer = build_optimizer(self.model, cfg, ctx.precision)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_linear(loaders.total, cfg.warmup_ratio))
+        if cfg.resume:
+            state = checkpoint.load(self.run_dir)
+            saved = checkpoint.restore_wrapped(state, self.model, self.optimizer, self.scheduler,
+                                               ctx.dist)
+            self.progress, offset = Progress.from_checkpoint(saved)
+            self.tracker.truncate_to(offset)  # drop what was logged after the checkpoint
+        return loaders
+
+    def _loaders(self, splits: dict[str, Any], collate: Any) -> Loaders:
+        """This rank's slice of every global batch, in the seeded (length-grouped) order."""
+        cfg, dist = self.cfg, self.ctx.dist
+        lengths = token_lengths(splits["train"]) if cfg.group_by_length else None
+        order = EpochOrder(len(splits["train"]), cfg.batch_size, cfg.seed, dist.rank, dist.world,
+                           lengths=lengths, group=cfg.group_by_length)
+        self.order = order
+        # Each DataLoader iterator draws a seed from its generator; a private one keeps those
+        # draws off the global RNG, so dropout masks do not depend on when iterators start.
+        loader_rng = torch.Generator().manual_seed(cfg.seed)
+        train = DataLoader(PaddedRows(splits["train"]), batch_sampler=order, collate_fn=collate,
+                           generator=loader_rng)
+        val, test = (eval_loader(splits[k], cfg.eval_batch_size, collate, dist, loader_rng)
+                     for k in ("validation", "test"))
+        steps_per_epoch = len(order.batches())
+        total = cfg.max_steps or cfg.epochs * steps_per_epoch
+        if cfg.max_steps and cfg.epochs:
+            total = min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+        return Loaders(order, train, val, test, steps_per_epoch, total)
+
+    def fit(self, loaders: Loaders) -> None:
+        """Train to the last step: validation each epoch (and every `eval_every`), checkpoints."""
+        cfg, p, total = self.cfg, self.progress, loaders.total
+        trainable = [q for q in self.model.parameters() if q.requires_grad]
+        # The ledger on the first step; one whole step measured by category (the second, so
+        # the optimizer state exists when it begins; experiments.memory.memtrack).
+        self.probe = FirstStepProbe(self.model, self.optimizer, steps_left=total - p.step)
+        bar = tqdm(total=total, initial=p.step, desc=cfg.method, disable=not cfg.progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        self.model.train()
+        while p.step < total:
+            loaders.order.set_position(p.epoch, p.batch_in_epoch)
+            for batch in loaders.train:
+                self._step(batch, trainable, loaders)
+                bar.update(1)
+                bar.set_postfix(loss=f"{p.loss_value:.4f}",
+                                ex_s=f"{p.samples / max(p.train_s, 1e-9):.0f}")
+                if cfg.eval_every and p.step % cfg.eval_every == 0:
+                    self.validate(loaders.validation)
+                if p.step >= total:
+                    break
+                if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if p.batch_in_epoch >= loaders.steps_per_epoch:  # a whole epoch is done
+                p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            if not p.val_history or p.val_history[-1]["step"] != p.step:
+                self.validate(loaders.validation)
+            self.save_checkpoint()
+        bar.close()
+
+    def _step(self, batch: dict[str, torch.Tensor], trainable: list[torch.Tensor],
+              loaders: Loaders) -> None:
+        """One optimizer step; a non-finite loss stops the run before the update."""
+        cfg, p, t = self.cfg, self.progress, time.perf_counter()
+        batch = self.ctx.to_device(batch)
+        # The loss is averaged over the global batch's rows (all ranks), as in one process.
+        rows = loaders.order.global_size(p.batch_in_epoch)
+        with self.probe.step(batch):  # forward to optimizer step; measured once per run
+            loss = forward_backward(self.model, batch, self.ctx, rows / self.ctx.dist.world)
+            # The global mean (all ranks); also syncs, so the step time is real.
+            p.loss_value = distributed.global_mean(loss, self.ctx.dist)
+            if not math.isfinite(p.loss_value):
+                raise NonFiniteLoss(f"loss is {p.loss_value} at step {p.step + 1}; the "
+                                    f"weights were not updated (last checkpoint: "
+                                    f"{(self.last_checkpoint or {}).get('step', 'none')})")
+            apply_update(self.optimizer, trainable, cfg.max_grad_norm)
+        self.scheduler.step()
+        p.train_s += time.perf_counter() - t
+        p.step += 1
+        p.batch_in_epoch += 1
+        p.samples += rows
+        if p.step % cfg.log_every == 0 or p.step == loaders.total:
+            self.tracker.log({"train/loss": p.loss_value,
+                              "train/lr": self.scheduler.get_last_lr()[0],
+                              "train/epoch": p.step / loaders.steps_per_epoch}, step=p.step)
+
+    def evaluate(self, loaders: Loaders, peak: DevicePeak) -> dict[str, Any]:
+        """Test evaluation, metrics, memory and time into the record; returns the W&B summary."""
+        record, p, last = self.record, self.progress, self.progress.val_history[-1]
+        t = time.perf_counter()
+        test = evaluate(parallel.eval_model(self.model, self.ctx.dist), loaders.test, self.ctx,
+                        self.num_labels)
+        self.test_predictions = test.predictions
+        p.eval_s += time.perf_counter() - t
+        metrics = {R.TEST_ACCURACY: test["accuracy"], R.VAL_ACCURACY: last["accuracy"],
+                   R.VAL_BEST_ACCURACY: max(v["accuracy"] for v in p.val_history),
+                   R.TRAIN_LOSS_FINAL: p.loss_value, R.TEST_N: test["n"]}
+        if "macro_f1" in test:
+            metrics[R.TEST_MACRO_F1] = test["macro_f1"]
+            metrics[R.VAL_MACRO_F1] = last["macro_f1"]
+        record.update({R.METRICS: metrics, R.VAL_HISTORY: p.val_history, R.STEPS: p.step,
+                       R.EPOCHS: round(p.step / loaders.steps_per_epoch, 3)})
+        record[R.MEMORY] = per_rank(memory_record(
+            peak, self.probe, record[R.PARAMS], self.ctx.precision,
+            distributed.shards(self.ctx.dist)), self.ctx.dist)
+        record[R.TIME].update({R.TRAIN_S: round(p.train_s, 3), R.EVAL_S: round(p.eval_s, 3),
+                               R.PREPARE_S: round(self.prepare_s, 3),
+                               R.SAMPLES_PER_S: round(p.samples / p.train_s, 2)})
+        summary = {k: metrics[k] for k in (R.TEST_ACCURACY, R.VAL_ACCURACY, R.TEST_MACRO_F1)
+                   if k in metrics}
+        return {**summary, **memory_summary(record[R.MEMORY]),
+                f"{R.TIME}/{R.TRAIN_S}": record[R.TIME][R.TRAIN_S]}
