@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from methods import quantize
 from methods.base import MethodError
 from methods.model import param_split
 
@@ -74,6 +75,8 @@ class Config:
     train_embeddings: bool = False  # also train the full input token embedding matrix
     scaling: str = "standard"  # standard: alpha / r; rslora: alpha / sqrt(r)
     lr_ratio: float = 1.0  # LoRA+: B's learning rate as a multiple of A's (the run's lr)
+    quantize: str = "none"  # none | nf4 | fp4: the frozen backbone's linears in 4 bits (QLoRA)
+    double_quant: bool = True  # 4-bit only: 8-bit scales (QLoRA's double quantisation)
 
     name: ClassVar[str] = "lora"  # the option prefix in messages (DoRA shares these options)
 
@@ -95,6 +98,10 @@ class Config:
                               f"{', '.join(SCALINGS)}")
         if not self.lr_ratio > 0:
             raise MethodError(f"{key}.lr_ratio={self.lr_ratio} must be > 0")
+        quantize.validate(self.quantize, f"{key}.quantize")
+        if self.quantize != "none" and key != "lora":
+            raise MethodError(f"{key}.quantize={self.quantize}: 4-bit bases are for lora only "
+                              f"(DoRA's norm needs the full weight); use {key}.quantize=none")
 
 
 def scale_factor(alpha: float, rank: int, scaling: str = "standard") -> float:
@@ -118,15 +125,16 @@ class LoRALinear(nn.Module):
         self.register_parameter("weight", base.weight)
         self.register_parameter("bias", base.bias)
         w = base.weight
-        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out \
-            else (w.shape[1], w.shape[0])
+        # A 4-bit base (methods.quantize) computes W x + b itself, from codes and scales.
+        self.quantized = quantize.is_4bit(w)
+        self.in_features, self.out_features = features(base)
         self.rank, self.alpha, self.use_rslora = rank, float(alpha), use_rslora
         # Multiplies the update: the lecture's snippet divides by it, a typo (see DESIGN.md).
         self.scaling = scale_factor(self.alpha, rank, "rslora" if use_rslora else "standard")
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_B = nn.Linear(rank, self.out_features, bias=False, device=w.device,
-                                dtype=w.dtype)
+        dtype = w.quant_state.dtype if self.quantized else w.dtype
+        self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=w.device, dtype=dtype)
+        self.lora_B = nn.Linear(rank, self.out_features, bias=False, device=w.device, dtype=dtype)
         self.merged = False
         self.reset_lora(init)
         self.register_state_dict_post_hook(_mark_merged)
@@ -142,6 +150,8 @@ class LoRALinear(nn.Module):
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """W x + b, computed exactly as the wrapped layer does (bit-identical at step 0)."""
+        if self.quantized:
+            return quantize.linear4bit(x, self.weight, self.bias)
         if self.fan_in_fan_out:
             out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
             return out.view(*x.shape[:-1], self.out_features)
@@ -176,6 +186,8 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into W: inference then costs what the base layer costs."""
+        if self.quantized:
+            raise MethodError("merge needs full-precision weights; this base is in 4 bits")
         if not self.merged:
             self.weight.add_(self.delta_weight().to(self.weight.dtype))
             self.merged = True
@@ -281,6 +293,13 @@ def select_targets(model: nn.Module, targets: str, key: str = "lora.targets") ->
     return chosen
 
 
+def features(layer: nn.Module) -> tuple[int, int]:
+    """(in, out) of a linear layer: Conv1D's weight is (in, out); nn.Linear, 4-bit too, says."""
+    if isinstance(layer, Conv1D):
+        return layer.weight.shape[0], layer.weight.shape[1]
+    return layer.in_features, layer.out_features
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """The model's LoRA layers by full path."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
@@ -288,7 +307,9 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 def apply(model: nn.Module, cfg: Config) -> dict:
     """Wrap the targeted layers, freeze the backbone, train adapters and the head."""
-    return wrap_targets(model, cfg, LoRALinear)
+    cfg.validate()
+    info = quantize.quantize_backbone(model, cfg.quantize, cfg.double_quant)
+    return {**wrap_targets(model, cfg, LoRALinear), **info}
 
 
 def wrap_targets(model: nn.Module, cfg: Config, layer_cls: type[LoRALinear]) -> dict:
@@ -302,9 +323,7 @@ def wrap_targets(model: nn.Module, cfg: Config, layer_cls: type[LoRALinear]) -> 
     modules = dict(model.named_modules())
     # Every check comes before the first change, so a rejected config leaves the model as it was.
     for name in names:
-        m = modules[name]
-        n_in, n_out = (m.weight.shape[0], m.weight.shape[1]) if isinstance(m, Conv1D) \
-            else (m.weight.shape[1], m.weight.shape[0])
+        n_in, n_out = features(modules[name])
         if cfg.rank > min(n_in, n_out):
             raise MethodError(f"{cfg.name}.rank={cfg.rank} exceeds min(in, out)={min(n_in, n_out)}"
                               f" of {name} ({n_in}->{n_out}); choose {cfg.name}.rank <= "
