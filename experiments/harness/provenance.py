@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import secrets
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from experiments.contract import record as R
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,4 +64,10 @@ def environment(device: Any) -> dict[str, Any]:
             "transformers": transformers.__version__, "datasets": datasets_version,
             "platform": platform.platform(), "device": str(device),
             "device_name": name, "cpu_threads": torch.get_num_threads(),
-            **git_info(), "argv": sys.argv}
+            **git_info(), "argv": sys.argv, **placement()}
+
+
+def placement() -> dict[str, Any]:
+    """Where this run ran: the host, the suite's executor and, under Ray, the node's id."""
+    return {R.HOST: platform.node(), R.EXECUTOR: os.environ.get(R.EXECUTOR_ENV) or "local",
+            R.RAY_NODE_ID: os.environ.get(R.RAY_NODE_ID_ENV)}

@@ -3,6 +3,7 @@
     make suite SUITE=quick          # python -m experiments.tools.suite quick
     make suite SUITE=quick DRY=1    # list what would run
     make sweep METHOD=lora          # python -m experiments.tools.suite --sweep lora
+    make suite SUITE=quick EXECUTOR=ray   # every run as a Ray task (docs/distributed.md)
 
 A suite file (`experiments/suites/<name>.yaml`) lists experiments (a name, a method and the
 overrides that differ from the defaults) and seeds; `sweeps:` entries expand a grid. A run whose
@@ -29,6 +30,8 @@ from experiments.contract import record as R
 from experiments.contract.io import atomic_write_json
 from experiments.harness.cli import EXIT_FAILED, EXIT_OK, run_main, split
 from experiments.harness.config import UserError, config_hash, parse_overrides, resolve
+from experiments.harness.lock import claim_job
+from experiments.tools.executors import LocalExecutor, make_executor
 
 HERE = Path(__file__).resolve().parents[1]  # experiments/: suites/ and sweeps/ live there
 SUITES_DIR = HERE / "suites"
@@ -69,9 +72,14 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def suite_path(name: str) -> Path:
+    """A suite's file: a name in experiments/suites/, or a path."""
+    return Path(name) if name.endswith((".yaml", ".yml")) else SUITES_DIR / f"{name}.yaml"
+
+
 def load_suite(name: str) -> list[Job]:
     """The jobs of a suite by name (experiments/suites/<name>.yaml) or path."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else SUITES_DIR / f"{name}.yaml"
+    path = suite_path(name)
     data = _read_yaml(path, "suite")
     seeds = data.get("seeds", [0])
     defaults = data.get("defaults", {}) or {}
@@ -137,8 +145,23 @@ def run_job(job: Job, runs_dir: Path) -> None:
         job.detail["output"] = proc.stdout[-2000:]
 
 
-def run_suite(jobs: list[Job], runs_dir: Path, suite: str, dry: bool = False) -> list[Job]:
-    """Run every pending job in order; failures are logged and the suite goes on."""
+def run_if_not_done(job: Job, runs_dir: Path) -> None:
+    """run_job, unless a finished record appeared since the plan: an executor's retry of a job
+    whose node died after it had finished must not run it twice. The job's claim (a lock in the
+    runs folder) makes a second suite on the same folder wait while another runs the job, then
+    take that run's record instead of running it again."""
+    with claim_job(runs_dir, f"{job.hash}-seed{job.seed}"):
+        rec = finished_runs(runs_dir).get((job.hash, job.seed))
+        if rec is not None:
+            job.status, job.detail = "done", rec
+            return
+        run_job(job, runs_dir)
+
+
+def run_suite(jobs: list[Job], runs_dir: Path, suite: str, dry: bool = False,
+              executor: Any = None) -> list[Job]:
+    """Run every pending job through the executor (in order, here, by default); failures are
+    logged and the suite goes on."""
     jobs = plan(jobs, runs_dir)
     pending = [j for j in jobs if j.status == "pending"]
     print(f"suite {suite}: {len(jobs)} runs, {len(jobs) - len(pending)} already done, "
@@ -150,9 +173,8 @@ def run_suite(jobs: list[Job], runs_dir: Path, suite: str, dry: bool = False) ->
         return jobs
     runs_dir.mkdir(parents=True, exist_ok=True)
     log = runs_dir / f"suite-{Path(suite).stem}.jsonl"
-    for i, job in enumerate(pending, 1):
-        print(f"[{i}/{len(pending)}] {job.name} seed={job.seed}", flush=True)
-        run_job(job, runs_dir)
+
+    def report(job: Job) -> None:
         with open(log, "a") as f:
             f.write(json.dumps({"time": time.time(), "name": job.name, "seed": job.seed,
                                 "hash": job.hash, "status": job.status,
@@ -161,6 +183,8 @@ def run_suite(jobs: list[Job], runs_dir: Path, suite: str, dry: bool = False) ->
         if job.status == "failed":
             print(f"  failed (exit {job.detail.get('returncode')}); the suite goes on; "
                   f"see {log}", flush=True)
+
+    (executor or LocalExecutor()).run(pending, runs_dir, run_if_not_done, report)
     return jobs
 
 
@@ -222,9 +246,10 @@ def choose(jobs: list[Job], metric: str, grid: dict[str, Any]) -> dict[str, Any]
             "candidates": [{**{k: j.overrides[k] for k in grid}, metric: s} for s, j in scored]}
 
 
-FLAGS = {"sweep": True, "dry": False, "no-reports": False, "seeds": True, "help": False}
+FLAGS = {"sweep": True, "dry": False, "no-reports": False, "seeds": True, "executor": True,
+         "help": False}
 USAGE = ("usage: python -m experiments.tools.suite [SUITE] [--dry] [--no-reports] [--seeds 0,1] "
-         "[key=value ...]\n"
+         "[--executor local|ray] [key=value ...]\n"
          "       python -m experiments.tools.suite --sweep METHOD [--dry] [key=value ...]\n"
          "SUITE: a name in experiments/suites/ (smoke, quick, paper) or a YAML path; key=value "
          "overrides apply to every run (e.g. device=cpu)")
@@ -246,7 +271,9 @@ def _main(argv: list[str]) -> int:
     sweep = args.flag("sweep")
     if sweep:
         jobs, spec = load_sweep(str(sweep))
-        jobs = run_suite(with_overrides(jobs, extra), runs_dir, f"sweep-{sweep}", dry=dry)
+        executor = make_executor(_executor_name(args.flag("executor"), dry))
+        jobs = run_suite(with_overrides(jobs, extra), runs_dir, f"sweep-{sweep}", dry=dry,
+                         executor=executor)
         if dry:
             return EXIT_OK
         print(table(jobs))
@@ -261,13 +288,20 @@ def _main(argv: list[str]) -> int:
     if args.flag("seeds") is not None:  # e.g. --seeds 0: every experiment's first seed first
         wanted = _seeds(str(args.flag("seeds")))
         jobs = [j for j in jobs if j.seed in wanted]
-    jobs = run_suite(jobs, runs_dir, suite, dry=dry)
+    resources = _read_yaml(suite_path(suite), "suite").get("resources")
+    executor = make_executor(_executor_name(args.flag("executor"), dry), resources)
+    jobs = run_suite(jobs, runs_dir, suite, dry=dry, executor=executor)
     if dry:
         return EXIT_OK
     reports_ok = args.flag("no-reports") or regenerate_reports(runs_dir)
     print(table(jobs))
     failed = sum(j.status == "failed" for j in jobs)
     return EXIT_FAILED if failed or not reports_ok else EXIT_OK
+
+
+def _executor_name(flag: str | bool | None, dry: bool) -> str | None:
+    """The --executor a command named; a dry run lists the plan and needs none."""
+    return None if dry else (str(flag) if flag else None)
 
 
 def _seeds(text: str) -> set[int]:
