@@ -8,14 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from methods import peft_format
 from methods.base import MethodError
 
 # Chosen on rotten_tomatoes validation: 5e-5 for 2 epochs is the usual BERT-family setting and
 # reached 0.85 validation accuracy; 1e-4 was no better and 2e-5 needed a third epoch.
 PRESET = {"lr": 5e-5, "epochs": 2}
-
-BACKBONE_DIR = "backbone"
-HEAD_FILE = "head.safetensors"
 
 
 @dataclass
@@ -31,44 +29,28 @@ def apply(model: nn.Module, cfg: Config) -> dict:
 
 
 def save(model: nn.Module, out_dir: str | Path) -> dict[str, str]:
-    """Harness hook: the whole backbone as transformers saves it (`save_pretrained`, with the
-    tokenizer, so `AutoModel.from_pretrained` loads it) and the head; paths inside `out_dir`."""
-    from safetensors.torch import save_file
-    from transformers.utils import logging
-
+    """Harness hook: the model as transformers saves it, in `out_dir` itself (with
+    pooling=native the whole `AutoModelForSequenceClassification`; else the `AutoModel`
+    backbone and the shared head's `head.safetensors`); paths inside `out_dir`."""
     out = Path(out_dir)
-    bars = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()  # a bar per shard written would interleave with the run's
-    try:
-        model.backbone.save_pretrained(out / BACKBONE_DIR, state_dict=_full_state(model.backbone))
-    finally:
-        if bars:
-            logging.enable_progress_bar()
-    tokenizer = getattr(model, "tokenizer", None)  # set by the harness's backbone loader
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out / BACKBONE_DIR)
-    save_file({f"classifier.{n}": p.detach().cpu().clone()
-               for n, p in model.classifier.named_parameters()}, str(out / HEAD_FILE))
-    return {"backbone": BACKBONE_DIR, "head": HEAD_FILE}
-
-
-def _full_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """What `state_dict()` holds (parameters and persistent buffers), read from the tensors the
-    module holds now: a sharded (FSDP) model whose shards are gathered holds full tensors, while
-    its `state_dict()` would return (or touch) the shards."""
-    state = dict(module.named_parameters(remove_duplicate=False))
-    for prefix, sub in module.named_modules(remove_duplicate=False):
-        for name, buf in sub.named_buffers(recurse=False):
-            if buf is not None and name not in sub._non_persistent_buffers_set:
-                state[f"{prefix}.{name}" if prefix else name] = buf
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
+    peft_format.save_transformers(model, out)
+    formats = {"backbone": "."}
+    if not peft_format.is_native(model):
+        formats["head"] = peft_format.HEAD_FILE
+    return formats
 
 
 def load(model: nn.Module, in_dir: str | Path) -> None:
-    """Harness hook: the head `save` wrote (the backbone was loaded from its folder)."""
+    """Harness hook: the shared head `save` wrote (the backbone, and a native head, were loaded
+    from the folder itself)."""
     from safetensors.torch import load_file
 
-    path = Path(in_dir) / HEAD_FILE
-    unexpected = model.load_state_dict(load_file(str(path)), strict=False).unexpected_keys
-    if unexpected:
-        raise MethodError(f"{path}: {unexpected[0]} is not a head tensor of this model")
+    path = Path(in_dir) / peft_format.HEAD_FILE
+    if peft_format.is_native(model):
+        return
+    head = load_file(str(path))
+    if set(head) != {n for n, _ in model.classifier.named_parameters()}:
+        raise MethodError(f"{path}: holds {sorted(head)}, not this model's head weight and bias")
+    with torch.no_grad():
+        for name, p in model.classifier.named_parameters():
+            p.copy_(head[name])

@@ -6,6 +6,10 @@ method keeps a comparison fair: the native sequence-classification heads differ 
 initialised tanh pooler, GPT-2's pad-id last-token lookup), and the embedded MiniLM was trained
 with mean pooling. Loading a backbone (hub, local folder, tiny config) is the harness's job
 (`experiments/inputs/backbones.py`); this module only needs torch.
+
+`pooling=native` uses the architecture's own sequence-classification head instead
+(`NativeHead`: BERT's pooler and classifier, RoBERTa's head, GPT-2's last-token score), so a
+run's folder loads with `AutoModelForSequenceClassification` or PEFT's auto class alone.
 """
 
 from __future__ import annotations
@@ -30,13 +34,17 @@ class Classifier(nn.Module):
     """A transformer backbone, a pooling over real tokens, dropout and a linear head."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "mean",
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, head: NativeHead | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.num_labels = num_labels
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(backbone.config.hidden_size, num_labels)
+        # The native head brings its own dropout (the architecture's classifier dropout).
+        self.dropout = nn.Dropout(dropout) if head is None else nn.Identity()
+        self.classifier: nn.Module = head if head is not None else \
+            nn.Linear(backbone.config.hidden_size, num_labels)
+        # The token a native head reads ([CLS] or the last real token); else the pooling itself.
+        self.pool_how = head.token if head is not None else pooling
         # Token types only mean something to BERT-like models; GPT-2 would add them as tokens.
         self.uses_token_types = getattr(backbone.config, "type_vocab_size", 0) > 1
         # Set by a method whose backbone is frozen and should run deterministically (head).
@@ -80,7 +88,7 @@ class Classifier(nn.Module):
             v = self.virtual_tokens
             hidden = hidden[:, v:]
             attention_mask = None if attention_mask is None else attention_mask[:, v:]
-        return pool(hidden, attention_mask, self.pooling)
+        return pool(hidden, attention_mask, self.pool_how)
 
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
@@ -109,6 +117,88 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Ten
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
+
+class _Features(nn.Module):
+    """Stands in for a sequence classifier's base model: returns the features it is given (one
+    token per example) as the last hidden state, and the base model's pooler output over them."""
+
+    def __init__(self, pooler: nn.Module | None) -> None:
+        super().__init__()
+        self.pooler = pooler
+
+    def forward(self, *args: Any, inputs_embeds: torch.Tensor | None = None,
+                **kwargs: Any) -> _Outputs:
+        """What a base model returns: index 0 and `last_hidden_state` are the features."""
+        pooled = self.pooler(inputs_embeds) if self.pooler is not None else None
+        return _Outputs(inputs_embeds, pooled)
+
+
+class _Outputs:
+    """A base model's outputs as heads read them (`[0]`, `[1]`, `.last_hidden_state`); any other
+    field (caches, attentions) is None, since no transformer ran."""
+
+    def __init__(self, hidden: torch.Tensor, pooled: torch.Tensor | None) -> None:
+        self.last_hidden_state, self.pooler_output = hidden, pooled
+
+    def __getitem__(self, index: Any) -> Any:
+        return (self.last_hidden_state, self.pooler_output)[index]
+
+    def __getattr__(self, name: str) -> None:
+        return None  # only reached for attributes not set in __init__
+
+
+class NativeHead(nn.Module):
+    """An `AutoModelForSequenceClassification` model without its transformer: the architecture's
+    own head code and weights, run on the one token it reads ([CLS], or the last real token for
+    decoders, which score every position and keep the last non-padding one)."""
+
+    def __init__(self, seqcls: nn.Module) -> None:
+        super().__init__()
+        prefix = seqcls.base_model_prefix
+        base = getattr(seqcls, prefix)
+        # BERT keeps its pooler (dense + tanh over [CLS]) inside the base model; it is part of
+        # the head here, under its transformers name `<prefix>.pooler`.
+        pooler = getattr(base, "pooler", None)
+        if pooler is not None:
+            base.pooler = None
+        setattr(seqcls, prefix, _Features(pooler))
+        self.model = seqcls
+        self.prefix = prefix
+        # Decoder classifiers (GPT-2, LLaMA, ...) name their head `score` and pick the last
+        # non-padding token; encoder heads read the first token.
+        self.token = "last" if hasattr(seqcls, "score") else "cls"
+        pad = getattr(seqcls.config, "pad_token_id", None)
+        self._not_pad = 1 if pad == 0 else 0  # an id the decoder head will not take for padding
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from pooled features (batch, hidden)."""
+        x = features.unsqueeze(1)  # a one-token sequence: [CLS] and "last token" are both it
+        # A dummy non-padding id tells a decoder head which position is last, without the
+        # warning it gives for inputs_embeds alone.
+        ids = torch.full(x.shape[:2], self._not_pad, dtype=torch.long, device=x.device)
+        return self.model(input_ids=ids, inputs_embeds=x).logits
+
+    def module_names(self) -> list[str]:
+        """The head's trained modules under their names in the transformers model (what PEFT's
+        `modules_to_save` lists)."""
+        names = []
+        for name, child in self.model.named_children():
+            if isinstance(child, _Features):
+                if child.pooler is not None:
+                    names.append(f"{self.prefix}.pooler")
+            elif any(True for _ in child.parameters()):
+                names.append(name)
+        return names
+
+    def hf_state(self) -> dict[str, torch.Tensor]:
+        """The head's tensors under their names in the transformers model."""
+        return {n: p for n, p in self.model.named_parameters()}
+
+
+def native_classifier(seqcls: nn.Module) -> tuple[nn.Module, NativeHead]:
+    """(backbone, head) split out of an `AutoModelForSequenceClassification` model."""
+    backbone = getattr(seqcls, seqcls.base_model_prefix)
+    return backbone, NativeHead(seqcls)
 
 
 def param_split(model: Classifier) -> dict[str, int]:

@@ -66,3 +66,17 @@ def eval_logits(model: Any, batch: dict) -> Any:
     model.eval()
     with torch.no_grad():
         return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+def load_peft_folder(model: Any, folder: Any) -> Any:
+    """A fresh `Classifier` (shared head) with a PEFT folder loaded the way its model card
+    does: the adapters onto the backbone (names as in `AutoModel`; PEFT injects them in place),
+    the head from `head.safetensors`."""
+    from pathlib import Path
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    PeftModel.from_pretrained(model.backbone, str(folder))
+    model.classifier.load_state_dict(load_file(str(Path(folder) / "head.safetensors")))
+    return model

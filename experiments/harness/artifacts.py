@@ -26,11 +26,13 @@ from torch import nn
 from experiments.contract import record as R
 from experiments.dist import parallel
 from experiments.dist.process import DistInfo
+from experiments.harness import modelcard
 from experiments.harness.config import Config, UserError, flatten, method_errors, resolve, to_dict
-from experiments.harness.evaluation import Predictions
+from experiments.harness.evaluation import Predictions, classification_metrics
 from methods import METHODS
 
 MANIFEST_FORMAT = 1
+CARD_FILE = "README.md"  # the model card
 TRAINED_FILE = "trained.safetensors"  # the generic save: every trained tensor by name
 BASE_FILE = "base.safetensors"  # a random tiny backbone's frozen weights
 # manifest.json keys
@@ -75,6 +77,14 @@ def load_tensors(model: nn.Module, path: Path, expected: set[str] | None = None)
             params[name].copy_(value)
 
 
+def _name_labels(model: nn.Module, base: str, label_names: list[str]) -> None:
+    """What a saved transformers config and adapter config carry: the base model as the user
+    named it (never a path inside the virtual environment) and the label names."""
+    model.config._name_or_path = base
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+
+
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -82,18 +92,24 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save_model(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str],
-               model_info: dict[str, Any], precision: str) -> dict[str, str]:
+               model_info: dict[str, Any], precision: str, metrics: dict[str, float] | None = None,
+               pair: bool = False) -> dict[str, str]:
     """Write `run_dir/model/` (atomically: a temp folder renamed); returns the formats written,
     as paths relative to the run folder. `model` holds full tensors (gathered if sharded)."""
     final, tmp = run_dir / R.MODEL_DIR, run_dir / f".{R.MODEL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    hook = getattr(METHODS[cfg.method], "save", None)
+    method = METHODS[cfg.method]
+    hook = getattr(method, "save", None)
+    _name_labels(model, modelcard.base_name(cfg, model_info), label_names)
     with method_errors():
         formats = dict(hook(model, tmp) or {}) if hook is not None else {}
-    if hook is None:
+    if getattr(method, "load", None) is None:  # the harness reloads every trained tensor
         _save_tensors(trained_tensors(model), tmp / TRAINED_FILE)
         formats[F_TRAINED] = TRAINED_FILE
+    tokenizer = getattr(model, "tokenizer", None)  # set by the harness's backbone loader
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
     if model_info.get("source") == "tiny" and F_BACKBONE not in formats:
         # A tiny backbone is random: the frozen weights the run trained on exist only here.
         trained = set(trained_tensors(model))
@@ -105,6 +121,10 @@ def save_model(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[s
                 M_POOLING: cfg.pooling, M_PRECISION: precision, M_FORMATS: formats,
                 M_CONFIG: to_dict(cfg)}
     (tmp / R.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (tmp / CARD_FILE).write_text(modelcard.card(cfg, model_info, label_names, formats,
+                                                metrics or {}, pair))
+    for path in tmp.rglob("*"):  # as readable as the records (safetensors writes 0600)
+        path.chmod(0o755 if path.is_dir() else 0o644)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return {k: f"{R.MODEL_DIR}/{v}" for k, v in formats.items()}
@@ -135,13 +155,18 @@ def save_run(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str
              precision: str) -> dict[str, Any]:
     """Predictions and (with save=auto) the model; under several processes every rank takes part
     in gathering the weights and rank 0 writes. Returns the `artifacts` section (rank 0)."""
-    paths, formats = [], {}
+    paths, formats, metrics = [], {}, {}
     if info.main and predictions is not None:
         paths.append(write_predictions(run_dir, predictions))
+        metrics = classification_metrics(predictions.predicted, predictions.label,
+                                          len(label_names))
+        metrics.pop("n", None)
+    pair = len(cfg.text_column.split(",")) == 2
     if cfg.save != "none":
         with parallel.full_weights(model, info) as full:
             if info.main:
-                formats = save_model(full, run_dir, cfg, label_names, model_info, precision)
+                formats = save_model(full, run_dir, cfg, label_names, model_info, precision,
+                                     metrics, pair)
                 paths.append(run_dir / R.MODEL_DIR)
     return listing(run_dir, paths, formats) if info.main else {}
 

@@ -32,7 +32,7 @@ def _f(default: Any, doc: str) -> Any:
 
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "mixed-12n")
-POOLINGS = ("mean", "cls", "last")
+POOLINGS = ("mean", "cls", "last", "native")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 DIST_STRATEGIES = ("none", "ddp", "fsdp")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")  # see experiments/harness/optim.py
@@ -52,7 +52,8 @@ class Config:
     train_size: int = _f(0, "subsample the train split to this many rows (0 = all)")
     eval_size: int = _f(0, "subsample validation and test to this many rows each (0 = all)")
     max_length: int = _f(64, "truncate inputs to this many tokens")
-    pooling: str = _f("mean", "how the head reads the sequence: mean, cls or last (real token)")
+    pooling: str = _f("mean", "how the head reads the sequence: mean, cls or last (real token), "
+                      "or native (the architecture's own AutoModelForSequenceClassification head)")
     classifier_dropout: float = _f(0.1, "dropout before the linear classification head")
     epochs: int = _f(2, "passes over the train split")
     max_steps: int = _f(0, "stop after this many optimizer steps (0 = run all epochs)")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from experiments.harness.config import UserError
-from methods.model import Classifier
+from methods.model import Classifier, native_classifier
 
 TINY_ARCHS = ("tiny-bert", "tiny-roberta", "tiny-distilbert", "tiny-gpt2", "tiny-llama")
 
@@ -98,16 +98,23 @@ def resolve_source(name: str) -> tuple[str, str]:
 def load_backbone(name: str, num_labels: int, pooling: str = "mean",
                   dropout: float = 0.1) -> tuple[Classifier, Any, dict[str, Any]]:
     """(model, tokenizer, info) for a model name; info names the source for the record."""
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     kind, where = resolve_source(name)
+    native = pooling == "native"
+    # pooling=native: the backbone and the architecture's own head come from one classifier.
+    auto = AutoModelForSequenceClassification if native else AutoModel
+    extra = {"num_labels": num_labels} if native else {}
     if kind == "tiny":
         tok = load_tokenizer(minilm_path())  # a real WordPiece vocab that works offline
-        backbone = AutoModel.from_config(_tiny_config(where, len(tok), tok.pad_token_id))
+        config = _tiny_config(where, len(tok), tok.pad_token_id)
+        for k, v in extra.items():
+            setattr(config, k, v)
+        backbone = auto.from_config(config)
     else:
         try:
             tok = load_tokenizer(where)
-            backbone = AutoModel.from_pretrained(where)
+            backbone = auto.from_pretrained(where, **extra)
         except OSError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"could not load model {name!r} ({kind}): {first}") from exc
@@ -121,14 +128,18 @@ def load_backbone(name: str, num_labels: int, pooling: str = "mean",
         backbone.config.pad_token_id = tok.pad_token_id
     if len(tok) > backbone.get_input_embeddings().weight.shape[0]:
         backbone.resize_token_embeddings(len(tok))
+    head = None
+    if native:
+        backbone, head = native_classifier(backbone)
     # The pooler (BERT, RoBERTa) is unused by our pooling; drop it so every parameter counts.
-    if getattr(backbone, "pooler", None) is not None:
+    elif getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None
-    model = Classifier(backbone, num_labels, pooling=pooling, dropout=dropout)
+    model = Classifier(backbone, num_labels, pooling=pooling, dropout=dropout, head=head)
     model.tokenizer = tok  # for methods that read text (soft_prompt's init=text)
     info = {"name": name, "source": kind, "location": where,
             "architecture": backbone.config.model_type, "pooling": pooling,
-            "head": f"dropout({dropout}) + linear({backbone.config.hidden_size}->{num_labels})",
+            "head": f"native {type(head.model).__name__}" if head is not None else
+            f"dropout({dropout}) + linear({backbone.config.hidden_size}->{num_labels})",
             "hidden_size": backbone.config.hidden_size}
     if stored - {torch.float32}:
         info["upcast_from"] = ",".join(sorted(str(d).removeprefix("torch.") for d in stored))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import eval_logits as _logits
+from helpers import load_peft_folder
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -183,13 +184,11 @@ def test_peft_export_loads_in_peft(tiny, make_batch, tmp_path: Path) -> None:
     """`export_peft` of a DoRA model writes use_dora and the magnitudes; PEFT loads it."""
     import json
 
-    from peft import PeftModel
-
     ours, tok, _ = tiny("tiny-roberta")
     batch = make_batch(tok)
     dora.apply(ours, dora.Config(rank=4, alpha=8.0))
     _randomize(ours)
     out = dora.export_peft(ours, tmp_path / "peft")
     assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is True
-    loaded = PeftModel.from_pretrained(tiny("tiny-roberta")[0], str(out))
+    loaded = load_peft_folder(tiny("tiny-roberta")[0], out)
     assert torch.allclose(_logits(loaded, batch), _logits(ours, batch), atol=1e-5)

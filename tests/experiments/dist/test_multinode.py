@@ -85,7 +85,7 @@ def test_two_nodes_on_loopback_match_one_process(nodrop: str, tmp_path: Path) ->
             for r in (one, many))
     assert list(b[R.PRED_EXAMPLE]) == list(range(32))
     pd.testing.assert_frame_equal(a, b, rtol=1e-4, atol=1e-5)
-    assert (path.parent / R.MODEL_DIR / "peft" / "adapter_model.safetensors").is_file()
+    assert (path.parent / R.MODEL_DIR / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.skipif(launch.capacity("cpu")[0] < 2, reason="needs 2 CPU cores")

@@ -77,15 +77,15 @@ def test_a_reloaded_model_gives_the_recorded_predictions(finished: dict, method:
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_lora_runs_save_a_folder_peft_loads(finished: dict, method: str) -> None:
-    """`runs/<id>/model/peft` loads with `peft.PeftModel.from_pretrained` on the run's base
-    model and gives the run's predictions (the README's snippet)."""
-    from peft import PeftModel
+    """`runs/<id>/model` is itself a PEFT folder: loaded onto the run's backbone with
+    `peft.PeftModel.from_pretrained`, plus the saved head, it gives the run's predictions."""
+    from helpers import load_peft_folder
 
     record = finished[method]
     folder = _folder(record) / R.MODEL_DIR
-    assert record[R.ARTIFACTS][R.ARTIFACT_FORMATS]["peft"] == f"{R.MODEL_DIR}/peft"
+    assert record[R.ARTIFACTS][R.ARTIFACT_FORMATS]["peft"] == f"{R.MODEL_DIR}/."
     base, tok, manifest = artifacts.base_model(folder)
-    model = PeftModel.from_pretrained(base, str(folder / "peft")).eval()
+    model = load_peft_folder(base, folder).eval()
     saved = pd.read_parquet(_folder(record) / R.PREDICTIONS_FILE)
     texts = _test_texts(record)
     probs = predict_probs(model, tok, texts, artifacts.run_config(manifest), torch.device("cpu"))
@@ -95,10 +95,10 @@ def test_lora_runs_save_a_folder_peft_loads(finished: dict, method: str) -> None
 def test_full_fine_tuning_saves_what_transformers_loads(finished: dict) -> None:
     from transformers import AutoModel, AutoTokenizer
 
-    folder = _folder(finished["full"]) / R.MODEL_DIR / "backbone"
+    folder = _folder(finished["full"]) / R.MODEL_DIR
     backbone = AutoModel.from_pretrained(folder)
     assert AutoTokenizer.from_pretrained(folder) is not None
-    model, _, _ = artifacts.load_model(folder.parent)
+    model, _, _ = artifacts.load_model(folder)
     for name, p in backbone.named_parameters():
         if not name.startswith("pooler."):  # our head pools itself; the pooler was dropped
             assert torch.equal(p, model.backbone.get_parameter(name)), name
