@@ -1,7 +1,10 @@
 """The check `make experiment NPROC=N` runs before torchrun starts: N processes must each get a
-core (CPU) or a device (CUDA), or the run is refused with one line and exit code 2.
+core (CPU) or a device (CUDA), or the run is refused with one line and exit code 2. Then
+torchrun itself, through `torchrun`: a rank that exits 2 (bad input, which rank 0 has already
+said in one line) ends the job with exit code 2 and nothing more, instead of torchrun's traceback.
 
     python -m experiments.dist.launch NPROC [device]
+    python -m experiments.dist.launch torchrun [torchrun's arguments] -m experiments.train ...
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 
 import torch
 
-from experiments.harness.cli import EXIT_OK, EXIT_USER_ERROR
+from experiments.harness.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 from experiments.harness.config import UserError
 
 
@@ -53,5 +56,30 @@ def precheck(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def torchrun(argv: list[str]) -> int:
+    """torchrun's launch (its own argument parser and agent); a failed job's exit code is the
+    ranks' own: 2 or 130 silently (the ranks said why), otherwise 1 with torchrun's summary of
+    the failed ranks (not the traceback of torchrun's own frames)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # The agent logs each failed rank (and its OMP_NUM_THREADS note) before raising; a rank's
+    # own line, or the summary below, says what matters.
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        codes = {f.exitcode for f in exc.failures.values()}
+        for code in (EXIT_USER_ERROR, EXIT_CANCELLED):
+            if code in codes:
+                return code
+        print(exc.format_msg(), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 if __name__ == "__main__":
-    sys.exit(precheck(sys.argv[1:]))
+    args = sys.argv[1:]
+    sys.exit(torchrun(args[1:]) if args[:1] == ["torchrun"] else precheck(args))
