@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,8 +118,7 @@ class RayExecutor:
             return
         where = self._connect()
         try:
-            has_gpu = self.ray.cluster_resources().get("GPU", 0) > 0
-            options = job_options(self.resources, has_gpu)
+            options = self._options()
             print(f"ray: {len(jobs)} jobs on {where}, each asking {options}", flush=True)
             task = self.ray.remote(_on_node).options(
                 **options, max_retries=MAX_RETRIES, retry_exceptions=False,
@@ -131,6 +133,9 @@ class RayExecutor:
         finally:
             self.ray.shutdown()
 
+    def _options(self) -> dict[str, Any]:
+        return job_options(self.resources, self.ray.cluster_resources().get("GPU", 0) > 0)
+
     def _outcome(self, ref: Any, job: Job) -> Job:
         """The job with its task's outcome (a copy came back from the node), or marked failed
         when Ray gave up on it."""
@@ -141,6 +146,93 @@ class RayExecutor:
             job.status = "failed"
             job.detail = {"returncode": None, "output": f"ray: {str(exc)[-2000:]}"}
         return job
+
+
+    def drive(self, study: Any, storage: str, workers: int) -> None:
+        """A tuning study's trials as Ray tasks until the study has them all; `workers` > 1
+        caps how many run at once, else as many as the cluster holds.
+
+        The study, not Ray, is the record of what is left: a task gets no Ray retry, and a
+        trial whose node died is failed and queued again with its learning rate (the tuner's
+        retry), which the next task picks up."""
+        from optuna.trial import TrialState
+
+        from experiments.tools import tune_workers as W
+
+        where = self._connect()
+        try:
+            options = self._options()
+            cap = workers if workers > 1 else self._slots(options)
+            print(f"ray: trials on {where}, up to {cap} at once, each asking {options}",
+                  flush=True)
+            task = self.ray.remote(_trial_on_node).options(
+                **options, max_retries=0, scheduling_strategy="SPREAD")
+            if "://" not in storage:  # a journal file: the same path on every node
+                storage = str(Path(storage).resolve())
+            args = (study.study_name, storage, str(R.runs_dir().resolve()))
+            inflight: list[Any] = []
+            while True:
+                if inflight:
+                    done, inflight = self.ray.wait(inflight, num_returns=len(inflight),
+                                                   timeout=1.0)
+                    self._trials_ended(done)
+                W.fail_dead_trials(study)  # trial processes of this host that died
+                self._fail_trials_of_dead_nodes(study, W.retry)
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                # submitted tasks whose trial process has not asked for its trial yet
+                waiting = max(0, len(inflight) - running)
+                pending = W.to_run(study) - waiting
+                if pending <= 0 and not inflight:
+                    return
+                inflight += [task.remote(*args)
+                             for _ in range(max(0, min(cap - len(inflight), pending)))]
+                if not inflight:
+                    time.sleep(1.0)
+        finally:
+            self.ray.shutdown()
+
+    def _slots(self, options: dict[str, Any]) -> int:
+        """How many jobs with these options the cluster holds at once."""
+        total = self.ray.cluster_resources()
+        fits = [total.get(k, 0) / options[o] for k, o in (("CPU", "num_cpus"),
+                                                          ("GPU", "num_gpus")) if options[o]]
+        return max(1, int(min(fits, default=1)))
+
+    def _trials_ended(self, refs: list[Any]) -> None:
+        """Say how each ended trial's task went (a dead node's trial is requeued elsewhere)."""
+        for ref in refs:
+            try:
+                code = self.ray.get(ref)
+                print(f"ray: a trial process exited {code}", flush=True)
+            except self.ray.exceptions.RayError as exc:
+                print(f"ray: a trial's task died ({type(exc).__name__}); its trial is queued "
+                      f"again", flush=True)
+
+    def _fail_trials_of_dead_nodes(self, study: Any, retry: Callable[[Any, int], None]) -> None:
+        """Running trials on hosts Ray has lost (a journal file has no heartbeat): failed and
+        queued again; this host's own dead trials are the tuner's pid check's."""
+        from optuna.trial import TrialState
+
+        nodes = self.ray.nodes()
+        alive = {n["NodeManagerHostname"] for n in nodes if n["Alive"]}
+        lost = {n["NodeManagerHostname"] for n in nodes if not n["Alive"]} - alive
+        storage = study._storage  # Optuna's retry callback works on the storage too
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("host") in lost and \
+                    storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                storage.set_trial_user_attr(t._trial_id, "killed", True)
+                retry(study, t.number)
+
+
+def _trial_on_node(study_name: str, storage: str, runs_dir: str) -> int:
+    """The Ray task of one trial: the tuner's own trial process, on this node."""
+    import ray
+
+    env = {**os.environ, "RUNS_DIR": runs_dir, R.EXECUTOR_ENV: "ray",
+           R.RAY_NODE_ID_ENV: ray.get_runtime_context().get_node_id()}
+    cmd = [sys.executable, "-m", "experiments.tools.tune", "--trial", study_name,
+           "--storage", storage]
+    return subprocess.run(cmd, env=env).returncode
 
 
 def make_executor(name: str | None, resources: dict[str, Any] | None = None) -> Any:
