@@ -4,7 +4,6 @@ through the harness's own code (`build_optimizer`, `forward_backward`, `apply_up
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,13 +14,11 @@ from torch.utils.data import DataLoader
 from bench.flops import counted_flops, non_embedding_params, peak_flops
 from bench.timing import stats
 from experiments.contract import record as R
-from experiments.harness.config import Config, resolve
+from experiments.harness.build import Adapt, build_model
+from experiments.harness.config import resolve
 from experiments.harness.runtime import Context, pick_precision, seed_everything
 from experiments.harness.step import apply_update, build_optimizer, forward_backward
 from experiments.memory.ledger import FirstStepProbe, predict
-
-# An adapter other than the method's own `apply`: (model, cfg) -> (model to train, info).
-Adapt = Callable[[nn.Module, Config], tuple[nn.Module, dict[str, Any]]]
 
 
 @dataclass
@@ -170,9 +167,6 @@ def build(label: str, method: str, options: list[str], s: Settings, adapt: Adapt
 
     `options` are harness `key=value` overrides; `adapt` replaces the method's `apply` (PEFT,
     ablations) while keeping its config, learning rate and optimizer."""
-    from experiments.inputs.backbones import load_backbone
-    from methods import METHODS
-
     cfg = resolve([f"method={method}", f"model={s.model}", f"precision={s.precision}",
                    "wandb=disabled", "progress=false", *options])
     device = s.device
@@ -182,14 +176,10 @@ def build(label: str, method: str, options: list[str], s: Settings, adapt: Adapt
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     seed_everything(s.seed)
-    model, tokenizer, _ = load_backbone(cfg.model, 2, cfg.pooling, cfg.classifier_dropout)
-    if adapt is None:
-        info = dict(METHODS[method].apply(model, cfg.method_cfg) or {})
-    else:
-        model, info = adapt(model, cfg)
-    model.to(device)
-    batch = real_batch(tokenizer, s.batch_size, seq_len or s.seq_len)
-    hook = getattr(METHODS[method], "prepare_data", None) if adapt is None else None
+    built = build_model(cfg, 2, adapt=adapt, device=device)
+    model, info = built.model, built.method_info
+    batch = real_batch(built.tokenizer, s.batch_size, seq_len or s.seq_len)
+    hook = built.spec.prepare_data if adapt is None else None
     if hook is not None:  # e.g. the head's feature cache: the batch becomes what the head trains on
         rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["labels"]))]
         splits, collate, hook_info = hook(model, {"train": rows}, _stack, cfg, ctx)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import DataCollatorWithPadding
 
 from experiments.contract import record as R
@@ -33,6 +32,7 @@ from experiments.dist import process as distributed
 from experiments.dist.process import DistInfo
 from experiments.harness import checkpoint
 from experiments.harness.artifacts import save_run
+from experiments.harness.build import Built, build_model
 from experiments.harness.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 from experiments.harness.config import (
     Config,
@@ -40,7 +40,6 @@ from experiments.harness.config import (
     config_hash,
     describe,
     flatten,
-    method_errors,
     resolve,
     to_dict,
 )
@@ -61,10 +60,8 @@ from experiments.harness.step import (
     warmup_linear,
 )
 from experiments.harness.tracking import NullTracker, Tracker, wandb_mode
-from experiments.inputs.backbones import load_backbone
 from experiments.inputs.data import DataBundle, load_data
 from experiments.memory.ledger import DevicePeak
-from methods import METHODS
 from methods.model import param_split
 
 # The step's parts stay importable from the entry point, where scripts have long found them.
@@ -83,15 +80,13 @@ class Setup:
 
     cfg: Config
     ctx: Context
-    model: torch.nn.Module
-    method: Any
+    built: Built
     bundle: DataBundle
     splits: dict[str, Any]
     collate: Any
     record: dict[str, Any]
     run_dir: Path
-    tracker: Any
-    model_info: dict[str, Any]
+    tracker: Tracker | NullTracker
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -99,8 +94,8 @@ def run(cfg: Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     job = set_up(cfg)
     cfg, ctx, record = job.cfg, job.ctx, job.record
-    loop = Loop(cfg, ctx, job.model, job.method, job.bundle.num_labels, job.tracker, record,
-                job.run_dir)
+    loop = Loop(cfg, ctx, job.built.model, job.built.spec, job.bundle.num_labels, job.tracker,
+                record, job.run_dir)
     summary: dict[str, Any] = {}
     try:
         # The device peak covers preparation too (the head's feature pass is part of its cost).
@@ -145,20 +140,15 @@ def set_up(cfg: Config) -> Setup:
     ctx = Context(device, pick_precision(cfg.precision, device), info)
     seed_everything(cfg.seed)
     bundle = load_data(cfg)
-    model, tokenizer, model_info = load_backbone(cfg.model, bundle.num_labels, cfg.pooling,
-                                                 cfg.classifier_dropout)
-    method = METHODS[cfg.method]
-    with method_errors():
-        method_info = dict(method.apply(model, cfg.method_cfg) or {})
-    model.to(device)
-    splits = tokenize(bundle.splits, tokenizer, cfg.max_length)
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    built = build_model(cfg, bundle.num_labels, device=device)
+    splits = tokenize(bundle.splits, built.tokenizer, cfg.max_length)
+    collate = DataCollatorWithPadding(built.tokenizer, return_tensors="pt")
     if previous is None:
         run_id = distributed.broadcast(new_run_id(cfg.method), info)  # rank 0's id for all
         run_dir = runs_dir / run_id
         if info.main:
             run_dir.mkdir(parents=True, exist_ok=False)  # a clash of ids fails here, never merges
-        record = new_record(cfg, ctx, run_id, method_info, model_info, bundle, model)
+        record = new_record(cfg, ctx, run_id, built, bundle)
     else:
         record = previous
         record.setdefault(R.RESUMED, []).append({"at": _now()})
@@ -166,8 +156,7 @@ def set_up(cfg: Config) -> Setup:
     record[R.RECORD_PATH] = str(run_dir / R.RECORD_FILE)
     record[R.DIST] = info.record()
     tracker = open_tracker(cfg, record, run_dir, info, resumed=previous is not None)
-    return Setup(cfg, ctx, model, method, bundle, splits, collate, record, run_dir, tracker,
-                 model_info)
+    return Setup(cfg, ctx, built, bundle, splits, collate, record, run_dir, tracker)
 
 
 def resumed_run(cfg: Config, runs_dir: Path
@@ -183,16 +172,15 @@ def resumed_run(cfg: Config, runs_dir: Path
     return cfg, previous, run_dir
 
 
-def new_record(cfg: Config, ctx: Context, run_id: str, method_info: dict[str, Any],
-               model_info: dict[str, Any], bundle: DataBundle,
-               model: torch.nn.Module) -> dict[str, Any]:
+def new_record(cfg: Config, ctx: Context, run_id: str, built: Built,
+               bundle: DataBundle) -> dict[str, Any]:
     """The record of a run that starts now: what it is, before any result."""
     return {R.SCHEMA_KEY: R.SCHEMA, R.RUN_ID: run_id, R.METHOD: cfg.method,
             R.EXPERIMENT: cfg.experiment_name(), R.CONFIG_HASH: config_hash(cfg),
             R.STATUS: R.RUNNING, R.STARTED_AT: _now(), R.CONFIG: to_dict(cfg),
-            R.METHOD_INFO: method_info, R.MODEL: model_info, R.DATA: bundle.info,
-            R.PRECISION: ctx.precision, R.PARAMS: param_split(model), R.METRICS: {}, R.MEMORY: {},
-            R.TIME: {}, R.ENV: environment(ctx.device)}
+            R.METHOD_INFO: built.method_info, R.MODEL: built.model_info, R.DATA: bundle.info,
+            R.PRECISION: ctx.precision, R.PARAMS: param_split(built.model), R.METRICS: {},
+            R.MEMORY: {}, R.TIME: {}, R.ENV: environment(ctx.device)}
 
 
 def open_tracker(cfg: Config, record: dict[str, Any], run_dir: Path, info: DistInfo,
@@ -212,7 +200,7 @@ def save(job: Setup, loop: Loop) -> None:
     """What the run leaves behind: test predictions and (save=auto) the trained model."""
     cfg, record = job.cfg, job.record
     record[R.ARTIFACTS] = save_run(loop.model, job.run_dir, cfg, job.bundle.label_names,
-                                   job.model_info, loop.test_predictions, job.ctx.dist,
+                                   job.built.model_info, loop.test_predictions, job.ctx.dist,
                                    job.ctx.precision)
     record[R.STATUS] = R.FINISHED
 

@@ -67,6 +67,7 @@ HOOK_PARAMS: dict[str, tuple[str, ...]] = {
     "save": ("model", "dir"),
     "load": ("model", "dir"),
     "merge": ("model",),
+    "Config.validate": ("self",),
 }
 
 
@@ -84,6 +85,7 @@ class MethodSpec:
     save: SaveHook | None = None
     load: LoadHook | None = None
     merge: MergeHook | None = None
+    check_options: Callable[[Any], None] | None = None  # `Config.validate`, called on its options
     doc: str = ""
 
 
@@ -116,5 +118,9 @@ def method_spec(name: str, module: ModuleType) -> MethodSpec:
     hooks = {h: found[h] for h in HOOK_PARAMS if h in found}
     for hook, fn in hooks.items():
         _check_hook(name, hook, fn)
+    check = vars(config).get("validate")
+    if check is not None:
+        _check_hook(name, "Config.validate", check)
     doc = (inspect.getdoc(module) or "").split("\n", 1)[0]
-    return MethodSpec(name=name, Config=config, PRESET=dict(preset), doc=doc, **hooks)
+    return MethodSpec(name=name, Config=config, PRESET=dict(preset), check_options=check,
+                      doc=doc, **hooks)

@@ -27,13 +27,15 @@ from experiments.contract import record as R
 from experiments.dist import parallel
 from experiments.dist.process import DistInfo
 from experiments.harness import modelcard
+from experiments.harness.build import TRAINED_FILE, build_model, load_tensors, trained_tensors
 from experiments.harness.config import Config, UserError, flatten, method_errors, resolve, to_dict
 from experiments.harness.evaluation import Predictions, classification_metrics
+from experiments.harness.runtime import seed_everything
+from experiments.inputs.backbones import load_backbone
 from methods import METHODS
 
 MANIFEST_FORMAT = 1
 CARD_FILE = "README.md"  # the model card
-TRAINED_FILE = "trained.safetensors"  # the generic save: every trained tensor by name
 BASE_FILE = "base.safetensors"  # a random tiny backbone's frozen weights
 # manifest.json keys
 M_FORMAT = "format"
@@ -49,32 +51,6 @@ M_FORMATS = "formats"  # {what: path inside the model folder}
 F_BACKBONE = "backbone"  # a save_pretrained folder the model starts from instead of cfg.model
 F_TRAINED = "trained"
 F_BASE = "base"
-
-
-def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter that trained or that a method added, and the head, by name (CPU copies:
-    a gathered or tied tensor may share storage, which safetensors refuses)."""
-    head = {f"classifier.{n}" for n, _ in model.classifier.named_parameters()}
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters()
-            if p.requires_grad or n in head or n not in model.base_param_names}
-
-
-def load_tensors(model: nn.Module, path: Path, expected: set[str] | None = None) -> None:
-    """Copy a safetensors file into the model's parameters by name; every name must have a
-    place, and every `expected` name must be in the file."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    params = dict(model.named_parameters())
-    unknown = sorted(set(tensors) - set(params))
-    missing = sorted((expected or set()) - set(tensors))
-    if unknown or missing:
-        what = f"{len(unknown)} tensors with no place in the model (first: {unknown[0]})" \
-            if unknown else f"{len(missing)} trained tensors missing (first: {missing[0]})"
-        raise UserError(f"{path}: {what}; was it saved by this code for this run's config?")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
 
 
 def _name_labels(model: nn.Module, base: str, label_names: list[str]) -> None:
@@ -99,12 +75,11 @@ def save_model(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[s
     final, tmp = run_dir / R.MODEL_DIR, run_dir / f".{R.MODEL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    method = METHODS[cfg.method]
-    hook = getattr(method, "save", None)
+    spec = METHODS[cfg.method]
     _name_labels(model, modelcard.base_name(cfg, model_info), label_names)
     with method_errors():
-        formats = dict(hook(model, tmp) or {}) if hook is not None else {}
-    if getattr(method, "load", None) is None:  # the harness reloads every trained tensor
+        formats = dict(spec.save(model, tmp) or {}) if spec.save is not None else {}
+    if spec.load is None:  # the harness reloads every trained tensor
         _save_tensors(trained_tensors(model), tmp / TRAINED_FILE)
         formats[F_TRAINED] = TRAINED_FILE
     tokenizer = getattr(model, "tokenizer", None)  # set by the harness's backbone loader
@@ -204,36 +179,36 @@ def run_config(manifest: dict[str, Any]) -> Config:
     return resolve(flatten(manifest[M_CONFIG]))
 
 
+def _sources(folder: Path, manifest: dict[str, Any]) -> tuple[str | None, Path | None]:
+    """(backbone source, base weights) of a model folder: None where the run's config says."""
+    formats = manifest[M_FORMATS]
+    source = str(folder / formats[F_BACKBONE]) if F_BACKBONE in formats else None
+    return source, folder / formats[F_BASE] if F_BASE in formats else None
+
+
 def base_model(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model, tokenizer, manifest): the run's backbone and an untrained head, before the method
     changes anything: what `peft.PeftModel.from_pretrained(model, folder / "peft")` expects."""
-    from experiments.harness.runtime import seed_everything
-    from experiments.inputs.backbones import load_backbone
-
     folder = Path(folder)
     manifest = read_manifest(folder)
     cfg = run_config(manifest)
-    formats = manifest[M_FORMATS]
+    source, base = _sources(folder, manifest)
     seed_everything(cfg.seed)  # the head's init, as in the run (the method's file overwrites it)
-    source = str(folder / formats[F_BACKBONE]) if F_BACKBONE in formats else cfg.model
-    model, tok, _ = load_backbone(source, manifest[M_NUM_LABELS], cfg.pooling,
+    model, tok, _ = load_backbone(source or cfg.model, manifest[M_NUM_LABELS], cfg.pooling,
                                   cfg.classifier_dropout)
-    if F_BASE in formats:
-        load_tensors(model, folder / formats[F_BASE])
+    if base is not None:
+        load_tensors(model, base)
     return model, tok, manifest
 
 
 def load_model(folder: str | os.PathLike[str]) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, manifest): the trained model a run saved, rebuilt."""
     folder = Path(folder)
-    model, tok, manifest = base_model(folder)
+    manifest = read_manifest(folder)
     cfg = run_config(manifest)
-    method = METHODS[cfg.method]
-    with method_errors():
-        method.apply(model, cfg.method_cfg)
-        hook = getattr(method, "load", None)
-        if hook is not None:
-            hook(model, folder)
-    if hook is None:
-        load_tensors(model, folder / manifest[M_FORMATS][F_TRAINED], set(trained_tensors(model)))
-    return model.eval(), tok, manifest
+    source, base = _sources(folder, manifest)
+    seed_everything(cfg.seed)  # the head's init, as in the run (the method's file overwrites it)
+    trained = manifest[M_FORMATS].get(F_TRAINED, TRAINED_FILE)
+    built = build_model(cfg, manifest[M_NUM_LABELS], source=source, base_weights=base,
+                        saved=folder, trained_file=trained)
+    return built.model.eval(), built.tokenizer, manifest

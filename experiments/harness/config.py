@@ -199,7 +199,7 @@ def resolve(args: list[str] | dict[str, Any]) -> Config:
         raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     module = METHODS[method]
     cfg = Config(method=method, method_cfg=module.Config())
-    for key, value in {**getattr(module, "PRESET", {}), **overrides}.items():
+    for key, value in {**module.PRESET, **overrides}.items():
         if "." in key:
             prefix, name = key.split(".", 1)
             if prefix != method:
@@ -240,10 +240,11 @@ def validate(cfg: Config) -> None:
         raise UserError(f"lr={cfg.lr} must be > 0")
     if not 0 <= cfg.classifier_dropout < 1 or not 0 <= cfg.warmup_ratio < 1:
         raise UserError("classifier_dropout and warmup_ratio must be in [0, 1)")
-    check = getattr(cfg.method_cfg, "validate", None)
+    spec = METHODS.get(cfg.method)
+    check = spec.check_options if spec is not None and cfg.method_cfg is not None else None
     if check is not None:
         with method_errors():
-            check()
+            check(cfg.method_cfg)
 
 
 @contextlib.contextmanager

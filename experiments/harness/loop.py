@@ -40,6 +40,7 @@ from experiments.memory.ledger import (
     memory_summary,
     per_rank,
 )
+from methods.base import MethodSpec
 
 
 @dataclass
@@ -80,9 +81,9 @@ class Loaders:
 class Loop:
     """The training loop's state, so a checkpoint can capture it and a resume restore it."""
 
-    def __init__(self, cfg: Config, ctx: Context, model: torch.nn.Module, method: Any,
+    def __init__(self, cfg: Config, ctx: Context, model: torch.nn.Module, spec: MethodSpec,
                  num_labels: int, tracker: Any, record: dict[str, Any], run_dir: Path) -> None:
-        self.cfg, self.ctx, self.model, self.method = cfg, ctx, model, method
+        self.cfg, self.ctx, self.model, self.spec = cfg, ctx, model, spec
         self.num_labels, self.tracker, self.record, self.run_dir = (num_labels, tracker, record,
                                                                      run_dir)
         self.progress = Progress()
@@ -119,9 +120,9 @@ class Loop:
         run's checkpoint put back."""
         cfg, ctx, record = self.cfg, self.ctx, self.record
         t_prep = time.perf_counter()
-        hook = getattr(self.method, "prepare_data", None)
-        if hook is not None:
-            splits, collate, hook_info = hook(self.model, splits, collate, cfg, ctx)
+        if self.spec.prepare_data is not None:
+            splits, collate, hook_info = self.spec.prepare_data(self.model, splits, collate, cfg,
+                                                                ctx)
             record[R.METHOD_INFO].update(hook_info)
         self.prepare_s = time.perf_counter() - t_prep
         self.model = parallel.wrap(self.model, ctx.dist)  # after the hook: it runs plain

@@ -32,7 +32,8 @@ def build_optimizer(model: torch.nn.Module, cfg: Config,
     if not params:
         raise UserError(f"method {cfg.method!r} left no parameter trainable")
     # A method's optional `lr_scales` hook: parameters that learn at a multiple of lr (LoRA+).
-    hook = getattr(METHODS.get(cfg.method), "lr_scales", None) if cfg.method_cfg else None
+    spec = METHODS.get(cfg.method)
+    hook = spec.lr_scales if spec is not None and cfg.method_cfg is not None else None
     scales = {id(p): s for p, s in (hook(model, cfg.method_cfg) if hook else {}).items()}
     groups = []
     for s in dict.fromkeys([1.0, *scales.values()]):

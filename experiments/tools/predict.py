@@ -68,9 +68,9 @@ def predict_probs(model: torch.nn.Module, tokenizer: Any, texts: list[str], cfg:
     rows = Dataset.from_dict({"text": texts, "label": [0] * len(texts)})  # labels unused
     splits = tokenize({"predict": rows}, tokenizer, cfg.max_length)
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    hook = getattr(METHODS[cfg.method], "prepare_data", None)
-    if hook is not None:
-        splits, collate, _ = hook(model, splits, collate, cfg, ctx)
+    spec = METHODS[cfg.method]
+    if spec.prepare_data is not None:  # the head's cached features, as the run evaluated
+        splits, collate, _ = spec.prepare_data(model, splits, collate, cfg, ctx)
     loader = eval_loader(splits["predict"], cfg.eval_batch_size, collate, ctx.dist,
                          torch.Generator())
     return evaluate(model, loader, ctx, model.num_labels).predictions.probs
