@@ -218,9 +218,10 @@ class RayExecutor:
         lost = {n["NodeManagerHostname"] for n in nodes if not n["Alive"]} - alive
         storage = study._storage  # Optuna's retry callback works on the storage too
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("host") in lost and \
-                    storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                storage.set_trial_user_attr(t._trial_id, "killed", True)
+            if t.user_attrs.get("host") not in lost:
+                continue
+            storage.set_trial_user_attr(t._trial_id, "killed", True)  # before: FAIL is final
+            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 retry(study, t.number)
 
 

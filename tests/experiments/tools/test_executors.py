@@ -193,3 +193,26 @@ def test_resources_key_and_unknown_executor() -> None:
         executors.job_options({"gpus": 1}, True)
     with pytest.raises(UserError, match="unknown executor"):
         executors.make_executor("dask")
+
+
+def test_a_trial_on_a_host_ray_lost_is_failed_and_queued_again() -> None:
+    """A journal study has no heartbeat: a running trial on a host whose Ray node died is
+    failed and handed to the retry; trials on live hosts are left alone."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("ray")
+
+    class Nodes:
+        def nodes(self) -> list[dict[str, Any]]:
+            return [{"NodeManagerHostname": "gone", "Alive": False},
+                    {"NodeManagerHostname": "here", "Alive": True}]
+
+    study = optuna.create_study()
+    lost, kept = study.ask(), study.ask()
+    lost.set_user_attr("host", "gone")
+    kept.set_user_attr("host", "here")
+    ray_ex = executors.RayExecutor()
+    ray_ex.ray = Nodes()
+    retried: list[int] = []
+    ray_ex._fail_trials_of_dead_nodes(study, lambda _s, number: retried.append(number))
+    states = {t.number: t.state.name for t in study.trials}
+    assert retried == [lost.number] and states == {lost.number: "FAIL", kept.number: "RUNNING"}
