@@ -7,6 +7,7 @@ path runs the backbone every step and must reach the same accuracy.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -90,8 +91,9 @@ def prepare_data(model: nn.Module, splits: dict[str, Any], collate: Any, cfg: An
         loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate,
                             generator=torch.Generator())
         feats, labels = [], []
-        for batch in tqdm(loader, desc=f"features {name}", disable=not cfg.progress,
-                          leave=False):
+        # A bar only on a terminal (piped, each redraw would be a line), as the harness's.
+        shown = cfg.progress and sys.stderr.isatty()
+        for batch in tqdm(loader, desc=f"features {name}", disable=not shown, leave=False):
             labels.append(batch.pop("labels"))
             with ctx.autocast():
                 f = model.encode(**ctx.to_device(batch))

@@ -46,7 +46,8 @@ def read_wandb_file(path: str | Path) -> dict[str, Any]:
         if kind == "run":
             out["run"] = {"id": rec.run.run_id, "project": rec.run.project,
                           "group": rec.run.run_group, "job_type": rec.run.job_type,
-                          "resume": rec.run.resume}
+                          "resume": rec.run.resume, "name": rec.run.display_name,
+                          "tags": list(rec.run.tags)}
             out["config"] = {i.key: json.loads(i.value_json) for i in rec.run.config.update}
         elif kind == "summary":
             out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
@@ -54,6 +55,15 @@ def read_wandb_file(path: str | Path) -> dict[str, Any]:
         elif kind == "history":
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                                    for i in rec.history.item})
+        elif kind == "artifact":
+            out.setdefault("artifacts", []).append(
+                {"name": rec.artifact.name, "type": rec.artifact.type,
+                 "files": [m.path for m in rec.artifact.manifest.contents]})
+        elif kind == "metric":
+            out.setdefault("metrics", {})[rec.metric.name or rec.metric.glob_name] = \
+                rec.metric.step_metric
+        elif kind in ("output", "output_raw"):
+            out["console"] = out.get("console", "") + getattr(rec, kind).line
     return out
 
 

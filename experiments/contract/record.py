@@ -250,3 +250,8 @@ EXECUTOR = "executor"  # local | ray
 RAY_NODE_ID = "ray_node_id"  # the Ray node that ran it (None outside Ray)
 EXECUTOR_ENV = "TUNEBENCH_EXECUTOR"
 RAY_NODE_ID_ENV = "TUNEBENCH_RAY_NODE_ID"
+
+# metrics.* for sentence-pair and imbalanced tasks: F1 of class 1 for binary tasks (macro-F1,
+# above, for several classes) and Matthews correlation for every task (CoLA's metric).
+TEST_F1, VAL_F1 = "test/f1", "val/f1"
+TEST_MCC, VAL_MCC = "test/mcc", "val/mcc"

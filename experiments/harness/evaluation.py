@@ -1,5 +1,5 @@
-"""Evaluation: accuracy (and macro-F1) over a split, sharded across ranks and gathered, with
-the per-example predictions behind them."""
+"""Evaluation: accuracy, F1 and Matthews correlation over a split, sharded across ranks and
+gathered, with the per-example predictions behind them."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ class Predictions:
 
 
 class Evaluation(dict):
-    """The metrics of a split (a dict: accuracy, n, macro_f1) with `.predictions` attached."""
+    """The metrics of a split (a dict: accuracy, n, f1 or macro_f1, mcc) with `.predictions`
+    attached."""
 
     predictions: Predictions
 
@@ -46,8 +47,8 @@ class Evaluation(dict):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Any,
              num_labels: int) -> Evaluation:
-    """Accuracy (and macro-F1 with more than two classes) over a whole split, and the
-    per-example predictions (`.predictions`).
+    """Accuracy, F1 (macro-F1 with more than two classes) and Matthews correlation over a
+    whole split, and the per-example predictions (`.predictions`).
 
     Under several processes each rank sees its shard (`distributed.eval_loader`); predictions
     are gathered with their example indices and put back in the split's order, so every
@@ -77,15 +78,27 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Any,
 
 
 def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) -> dict[str, float]:
-    """accuracy, n, and macro-F1 over classes when there are more than two."""
-    out = {"accuracy": float((pred == true).mean()), "n": int(len(true))}
+    """accuracy, n, F1 of class 1 (two classes) or macro-F1 over classes (more), and Matthews
+    correlation (every task).
+
+    Hand-written from the confusion matrix (numpy) rather than through scikit-learn, which the
+    environment does not otherwise need; the formulas are sklearn's `f1_score` and
+    `matthews_corrcoef` (the multi-class form of Gorodkin 2004; 0 when a marginal is constant)."""
+    pred, true = np.asarray(pred, dtype=np.int64), np.asarray(true, dtype=np.int64)
+    k = max(num_labels, int(pred.max(initial=0)) + 1, int(true.max(initial=0)) + 1)
+    cm = np.bincount(true * k + pred, minlength=k * k).reshape(k, k).astype(np.float64)
+    tp, predicted, actual = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(predicted + actual > 0, 2 * tp / (predicted + actual), 0.0)
+    out = {"accuracy": float((pred == true).mean()) if len(true) else 0.0, "n": int(len(true))}
     if num_labels > 2:
-        f1s = []
-        for c in range(num_labels):
-            tp = np.sum((pred == c) & (true == c))
-            denom = np.sum(pred == c) + np.sum(true == c)
-            f1s.append(2 * tp / denom if denom else 0.0)
-        out["macro_f1"] = float(np.mean(f1s))
+        out["macro_f1"] = float(f1[:num_labels].mean())
+    else:
+        out["f1"] = float(f1[1]) if k > 1 else 0.0
+    n = cm.sum()
+    cov_xy = tp.sum() * n - predicted @ actual
+    cov_xx, cov_yy = n * n - predicted @ predicted, n * n - actual @ actual
+    out["mcc"] = float(cov_xy / np.sqrt(cov_xx * cov_yy)) if cov_xx * cov_yy > 0 else 0.0
     return out
 
 

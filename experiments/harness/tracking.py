@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -16,10 +17,16 @@ from typing import Any
 from experiments.contract import record as R
 from experiments.contract.io import atomic_write_json, jsonable
 
+EPOCH_KEY = "train/epoch"  # the x axis W&B plots validation metrics against
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def wandb_mode(requested: str) -> str:
@@ -40,13 +47,61 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
+def bars_shown(progress: bool) -> bool:
+    """Progress bars only on a terminal: piped to a file, every redraw would be a line."""
+    return progress and sys.stderr.isatty()
+
+
+def quiet_progress(progress: bool) -> None:
+    """Without bars (progress=false, or no terminal), also silence the libraries' own bars:
+    transformers' "Loading weights", the hub's downloads and datasets' maps."""
+    if bars_shown(progress):
+        return
+    # The environment reaches libraries imported later (and the processes a run starts).
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
+def _short(name: str) -> str:
+    """A data or model name as W&B shows it: a file's or folder's stem, `glue:mrpc` as
+    `glue-mrpc`."""
+    path = Path(name)
+    if os.sep in name or path.suffix:
+        name = path.stem if path.suffix else path.name
+    return name.replace(":", "-").replace("/", "-")
+
+
+def identity(cfg: Any, precision: str) -> dict[str, Any]:
+    """How W&B names the run so runs can be told apart and compared: the name
+    `<experiment>-<data>-s<seed>` (the experiment is the method unless named), the group
+    `<experiment>-<data>` (seeds of one experiment on one data set together) and tags for the
+    method, data, model and precision."""
+    data, experiment = _short(cfg.data), cfg.experiment_name()
+    tags = [f"method:{cfg.method}", f"data:{data}", f"model:{_short(cfg.model)}",
+            f"precision:{precision}"]
+    return {"name": f"{experiment}-{data}-s{cfg.seed}", "group": f"{experiment}-{data}",
+            "tags": [t[:64] for t in tags]}  # W&B refuses tags over 64 characters
+
+
 class Tracker:
     """One run's outputs: metrics.jsonl, record.json and the W&B run."""
 
     def __init__(self, run_dir: Path, run_id: str, config: dict[str, Any], group: str,
-                 mode: str, project: str, resume: bool = False) -> None:
+                 mode: str, project: str, resume: bool = False, name: str | None = None,
+                 tags: list[str] | None = None, progress: bool = False) -> None:
         self.run_dir = run_dir
         self.run_id = run_id
+        self.name, self.tags = name or run_id, list(tags or [])
+        # progress=true with no terminal: a plain line per logged step instead of a bar
+        self.plain_lines = progress and not bars_shown(progress)
+        self._held: dict[str, Any] = {}
         self.metrics_path = run_dir / R.METRICS_FILE
         self.metrics_file = open(self.metrics_path, "a")  # noqa: SIM115 (closed in finish)
         self.wandb: Any = None
@@ -66,6 +121,17 @@ class Tracker:
         self.metrics_file.flush()
         self.metrics_file.truncate(offset)
         self.metrics_file.seek(offset)
+
+    def _plain_line(self, metrics: dict[str, Any], step: int) -> None:
+        """One line per logging interval (the training loss's); a validation in between rides
+        on the next line."""
+        if "train/loss" not in metrics:
+            self._held = {k: v for k, v in metrics.items() if k.startswith("val/")}
+            return
+        shown = {**metrics, **self._held}
+        self._held = {}
+        print(f"step {step}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in shown.items()),
+              file=sys.stderr, flush=True)
 
     def _start_wandb(self, config: dict[str, Any], group: str, mode: str, project: str,
                      resume: bool) -> None:
@@ -97,12 +163,17 @@ class Tracker:
         # both uploads them in order of start time into the one run.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return wandb.init(
+            run = wandb.init(
                 project=project or os.environ.get("WANDB_PROJECT") or "tunebench",
-                group=group, job_type="train", name=self.run_id, id=self.run_id,
+                group=group, job_type="train", name=self.name, id=self.run_id, tags=self.tags,
                 config=config, dir=str(self.run_dir), mode=mode, reinit="finish_previous",
                 resume="allow" if resume else None,
-                settings=wandb.Settings(silent=True, console="off", init_timeout=60))
+                # console="wrap": what the run prints (and its errors) fills W&B's Logs tab.
+                settings=wandb.Settings(silent=True, console="wrap", init_timeout=60))
+        # Validation metrics plot against epochs (fractional: eval_every lands mid-epoch).
+        run.define_metric(EPOCH_KEY)
+        run.define_metric("val/*", step_metric=EPOCH_KEY)
+        return run
 
     def _wandb_failed(self, what: str, exc: BaseException) -> None:
         msg = _first_line(exc)
@@ -112,9 +183,11 @@ class Tracker:
         self.wandb = None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        """Append to metrics.jsonl and W&B."""
+        """Append to metrics.jsonl and W&B; without a bar, one line per logging interval."""
         self.metrics_file.write(json.dumps({"step": step, **metrics}, default=jsonable) + "\n")
         self.metrics_file.flush()
+        if self.plain_lines:
+            self._plain_line(metrics, step)
         if self.wandb is not None:
             try:
                 self.wandb.log(metrics, step=step)
@@ -130,10 +203,27 @@ class Tracker:
         if self.wandb is not None:
             try:
                 self.wandb.summary.update(summary)
+                self._log_model(record)
                 self.wandb.finish(exit_code=0 if record.get(R.STATUS) == R.FINISHED else 1)
             except Exception as exc:
                 self._wandb_failed("finish", exc)
         return path
+
+
+    def _log_model(self, record: dict[str, Any]) -> None:
+        """The saved model folder as a W&B artifact of type `model` (offline, it is stored
+        with the run and uploaded by `wandb sync`)."""
+        import wandb
+
+        folder = self.run_dir / R.MODEL_DIR
+        if not folder.is_dir():
+            return
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"model-{self.name}")
+        artifact = wandb.Artifact(name, type="model", metadata={
+            R.RUN_ID: self.run_id, R.METRICS: record.get(R.METRICS, {})})
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):  # add_dir would print
+            artifact.add_file(str(path), name=str(path.relative_to(folder)))
+        self.wandb.log_artifact(artifact)
 
 
 class NullTracker:

@@ -43,7 +43,7 @@ def test_run_writes_record_history_and_wandb(runs_dir: Path) -> None:
     files = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "*.wandb"))
     assert len(files) == 1
     wb = read_wandb_file(files[0])
-    assert wb["run"]["group"] == "full" and wb["run"]["job_type"] == "train"
+    assert wb["run"]["group"] == "full-rotten_tomatoes" and wb["run"]["job_type"] == "train"
     assert wb["summary"]["test/accuracy"] == pytest.approx(on_disk["metrics"]["test/accuracy"])
     assert wb["summary"]["params/trainable"] == on_disk["params"]["trainable"]
     assert wb["config"]["lr"] == 5e-5 and wb["config"]["config_hash"] == on_disk["config_hash"]
