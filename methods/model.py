@@ -216,7 +216,9 @@ def param_split(model: Classifier) -> dict[str, int]:
         if id(p) in seen:  # tied weights count once
             continue
         seen.add(id(p))
-        n = p.numel()
+        # A 4-bit weight (methods.quantize) packs two elements per byte: count its elements.
+        state = getattr(p, "quant_state", None)
+        n = state.shape.numel() if state is not None else p.numel()
         is_adapter = name not in model.base_param_names
         split["total"] += n
         if not p.requires_grad:

@@ -255,3 +255,11 @@ RAY_NODE_ID_ENV = "TUNEBENCH_RAY_NODE_ID"
 # above, for several classes) and Matthews correlation for every task (CoLA's metric).
 TEST_F1, VAL_F1 = "test/f1", "val/f1"
 TEST_MCC, VAL_MCC = "test/mcc", "val/mcc"
+
+# The memory levers (docs/memory-levers.md): a 4-bit frozen base (QLoRA, methods/quantize.py),
+# 8-bit AdamW (optimizer_impl=adamw8bit), activation checkpointing.
+CAT_WEIGHTS_4BIT = "weights_4bit"  # a category: the 4-bit codes of a quantised base's weights
+CAT_QUANT_CONSTANTS = "quant_constants"  # a category: their scales, code tables and offsets
+QUANT_CONSTANTS_BYTES = "quant_constants_bytes"  # memory.*: the ledger's count of them
+QUANTIZED_PARAMS = "quantized_params"  # memory.*: elements held in 4 bits (the formula's Nq)
+ACTIVATION_CHECKPOINTING = "activation_checkpointing"  # a config key and memory.* flag

@@ -35,7 +35,7 @@ PRECISIONS = ("auto", "fp32", "bf16-mixed", "mixed-12n")
 POOLINGS = ("mean", "cls", "last", "native")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 DIST_STRATEGIES = ("none", "ddp", "fsdp")
-OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")  # see experiments/harness/optim.py
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop", "adamw8bit")  # see harness/optim.py
 SAVE_MODES = ("auto", "none")
 
 
@@ -66,7 +66,8 @@ class Config:
     warmup_ratio: float = _f(0.06, "fraction of steps with linear warm-up, then linear decay")
     max_grad_norm: float = _f(1.0, "clip the gradient norm to this (0 = no clipping)")
     optimizer_impl: str = _f("auto", "AdamW implementation: auto (fused where torch supports the "
-                             "device and dtype, else foreach), fused, foreach, loop")
+                             "device and dtype, else foreach), fused, foreach, loop, adamw8bit "
+                             "(bitsandbytes, 8-bit moments)")
     eval_every: int = _f(0, "also evaluate on validation every N steps (0 = each epoch only)")
     log_every: int = _f(10, "log train/loss and train/lr every N steps")
     seed: int = _f(0, "seed for model init, data order and dropout")

@@ -14,6 +14,12 @@ second moment itself), or its per-parameter loop (temporaries of one parameter a
 default, auto, is fused wherever torch supports the device and dtype, else foreach.
 `Mixed12nAdamW` exists for the 12N budget, and torch's fused and foreach kernels need the state
 in the parameter's dtype: it runs only as a loop, in chunks, so its temporaries stay small.
+
+`optimizer_impl=adamw8bit` is bitsandbytes' AdamW8bit (Dettmers et al. 2022): both moments in
+8 bits, block-wise (an fp32 absmax per 256 elements), 2 bytes per parameter instead of 8, with
+fp32 weights and gradients: 4N + 4N + 2N. bitsandbytes keeps fp32 moments for tensors under
+`min_8bit_size` = 4096 elements (biases, norms, small adapters: 8 bytes each) and two 256-value
+quantile maps shared by all tensors; `adamw8bit_state_bytes` counts exactly that.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ import torch
 
 from experiments.harness.config import UserError
 
-OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop", "adamw8bit")
+# bitsandbytes' 8-bit AdamW layout (its defaults, which `adamw8bit` keeps).
+MIN_8BIT_SIZE = 4096  # smaller tensors keep fp32 moments
+BLOCK_8BIT = 256  # elements per fp32 absmax of each 8-bit moment
+QMAPS_BYTES = 2 * 256 * 4  # the two quantile maps (signed, unsigned), shared by every tensor
 # Mixed12nAdamW updates a parameter this many elements at a time: its fp32 temporaries (the
 # gradient, the momentum and the denominator of one chunk) are then 12 bytes x 2**18 = 3 MiB at
 # most, instead of 12 bytes per element of the largest parameter (MiniLM's word embedding: 141 MB,
@@ -119,6 +129,8 @@ class Mixed12nAdamW(torch.optim.Optimizer):
 def make_adamw(groups: list[dict[str, Any]], lr: float, precision: str,
                impl: str = "auto") -> torch.optim.Optimizer:
     """AdamW for a precision mode and implementation (see the module doc; `optimizer_impl`)."""
+    if impl == "adamw8bit":
+        return adamw8bit(groups, lr, precision)
     if precision == "mixed-12n":
         if impl not in ("auto", "loop"):
             raise UserError(f"optimizer_impl={impl} does not apply to precision=mixed-12n: its "
@@ -134,6 +146,31 @@ def make_adamw(groups: list[dict[str, Any]], lr: float, precision: str,
         if impl == "fused":
             raise UserError(f"optimizer_impl=fused: {problem}; use foreach or loop")
     return torch.optim.AdamW(groups, lr=lr, foreach=impl != "loop")
+
+
+def adamw8bit(groups: list[dict[str, Any]], lr: float, precision: str) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit over fp32 weights (see the module doc)."""
+    from methods.quantize import import_bnb
+
+    if precision == "mixed-12n":
+        raise UserError("optimizer_impl=adamw8bit does not apply to precision=mixed-12n (bf16 "
+                        "gradients and momentum): use precision=fp32 or bf16-mixed")
+    if any(hasattr(p, "to_local") for g in groups for p in g["params"]):
+        raise UserError("optimizer_impl=adamw8bit cannot step FSDP's sharded parameters; use "
+                        "dist=ddp or optimizer_impl=auto")
+    optimizer = import_bnb().optim.AdamW8bit(groups, lr=lr, min_8bit_size=MIN_8BIT_SIZE)
+    optimizer.impl = "adamw8bit"
+    return optimizer
+
+
+def adamw8bit_state_bytes(numels: list[int]) -> int:
+    """Bytes of AdamW8bit's state for trained tensors of these sizes: 2 bytes per element plus
+    two fp32 absmax per 256 in tensors >= 4096 elements, 8 bytes per element in smaller ones,
+    and the shared quantile maps."""
+    big = [n for n in numels if n >= MIN_8BIT_SIZE]
+    small = sum(n for n in numels if n < MIN_8BIT_SIZE)
+    return (sum(2 * n + 2 * 4 * -(-n // BLOCK_8BIT) for n in big) + 8 * small
+            + (QMAPS_BYTES if big else 0))
 
 
 def fused_unsupported(params: list[torch.Tensor]) -> str | None:
@@ -152,8 +189,9 @@ def fused_unsupported(params: list[torch.Tensor]) -> str | None:
 
 
 def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
-    """Which implementation an optimizer from `make_adamw` runs: fused, foreach or loop."""
-    if isinstance(optimizer, Mixed12nAdamW):
+    """Which implementation an optimizer from `make_adamw` runs: fused, foreach, loop or
+    adamw8bit."""
+    if hasattr(optimizer, "impl"):  # Mixed12nAdamW, AdamW8bit
         return optimizer.impl
     defaults = optimizer.defaults
     if defaults.get("fused"):

@@ -206,6 +206,11 @@ class FirstStepProbe:
         grads, grads_by_dtype = unique_bytes(p.grad for p in self.model.parameters()
                                              if p.grad is not None)
         buffers, _ = unique_bytes(self.model.buffers())
+        from methods.quantize import quantized_tensors
+
+        constants = quantized_tensors(self.model)[1]
+        if constants:  # a 4-bit base's scales and tables: weights, though not parameters
+            self.ledger[R.QUANT_CONSTANTS_BYTES] = unique_bytes(constants)[0]
         self.ledger.update({R.WEIGHTS_BYTES: weights, R.WEIGHTS_BY_DTYPE: weights_by_dtype,
                             R.GRADS_BYTES: grads, R.GRADS_BY_DTYPE: grads_by_dtype,
                             R.BUFFERS_BYTES: buffers})
@@ -226,7 +231,8 @@ class FirstStepProbe:
         out: dict[str, Any] = dict(self.ledger)
         if R.GRADS_BYTES in out and R.OPTIMIZER_BYTES in out:
             out[R.TRAINABLE_STATE_BYTES] = out[R.GRADS_BYTES] + out[R.OPTIMIZER_BYTES]
-            out[R.LEDGER_BYTES] = out[R.WEIGHTS_BYTES] + out[R.TRAINABLE_STATE_BYTES]
+            out[R.LEDGER_BYTES] = (out[R.WEIGHTS_BYTES] + out[R.TRAINABLE_STATE_BYTES]
+                                   + out.get(R.QUANT_CONSTANTS_BYTES, 0))
         out["buffers_excluded"] = True
         out[R.LEDGER_METHOD] = LEDGER_METHOD
         if self.meter is not None and self.meter.result:
@@ -315,9 +321,16 @@ def memory_record(peak: DevicePeak, probe: FirstStepProbe, params: dict[str, int
     out.update(probe.result())
     n, m = params["total"], params["trainable"]
     predicted, formula, formula_n = predict(n, m, precision, shards)
+    detail = formula_detail(formula, precision)
+    if shards == 1:  # a 4-bit base or 8-bit AdamW: their formula (experiments.memory.levers)
+        from experiments.memory import levers
+
+        lever = levers.predict(probe.model, probe.optimizer, n, m, precision)
+        predicted, formula, formula_n, detail = lever or (predicted, formula, formula_n, detail)
+        out.update(levers.lever_info(probe.model))
     out.update({"N": n, "M": m, "precision": precision, "shards": shards,
                 R.PREDICTED_BYTES: predicted, R.PREDICTED_FORMULA: formula,
-                "formula_N": formula_n, "predicted_detail": formula_detail(formula, precision),
+                "formula_N": formula_n, "predicted_detail": detail,
                 R.OPTIMIZER_IMPL: optimizer_impl(probe.optimizer)})
     measured = probe.measured()
     if measured:

@@ -55,12 +55,16 @@ WEIGHT_CASTS = R.CAT_WEIGHT_CASTS
 ACTIVATIONS = R.CAT_ACTIVATIONS
 OPTIMIZER_TEMPORARIES = R.CAT_OPTIMIZER_TEMPORARIES
 TEMPORARIES = R.CAT_TEMPORARIES
+# A 4-bit base (methods.quantize): its codes are parameters, its constants plain tensors beside.
+WEIGHTS_4BIT = R.CAT_WEIGHTS_4BIT
+QUANT_CONSTANTS = R.CAT_QUANT_CONSTANTS
 # Strongest first: a storage with several roles over the step is filed under the first.
-CATEGORIES = (PARAMETERS, BUFFERS, INPUTS, OPTIMIZER_STATE, GRADIENTS, WEIGHT_CASTS, ACTIVATIONS,
-              OPTIMIZER_TEMPORARIES, TEMPORARIES)
+CATEGORIES = (WEIGHTS_4BIT, QUANT_CONSTANTS, PARAMETERS, BUFFERS, INPUTS, OPTIMIZER_STATE,
+              GRADIENTS, WEIGHT_CASTS, ACTIVATIONS, OPTIMIZER_TEMPORARIES, TEMPORARIES)
 # What the lecture's formulas count: weights, gradients, optimizer state, and what the
 # optimizer needs besides while it steps. Activations, weight casts, buffers and inputs aside.
-STATE_CATEGORIES = (PARAMETERS, GRADIENTS, OPTIMIZER_STATE, OPTIMIZER_TEMPORARIES)
+STATE_CATEGORIES = (WEIGHTS_4BIT, QUANT_CONSTANTS, PARAMETERS, GRADIENTS, OPTIMIZER_STATE,
+                    OPTIMIZER_TEMPORARIES)
 _RANK = {c: i for i, c in enumerate(CATEGORIES)}
 _TO_COPY = torch.ops.aten._to_copy.default
 
@@ -188,6 +192,11 @@ class StepTracker(TorchDispatchMode):
     # --- the mode --------------------------------------------------------------------------
 
     def __enter__(self) -> StepTracker:
+        from methods.quantize import quantized_tensors
+
+        codes, constants = quantized_tensors(self.model)
+        self._mark(codes, WEIGHTS_4BIT)
+        self._mark(constants, QUANT_CONSTANTS)
         self._mark(self.model.parameters(), PARAMETERS)
         self._mark(self.model.buffers(), BUFFERS)
         self._mark(self._inputs, INPUTS)
@@ -279,6 +288,10 @@ class StepTracker(TorchDispatchMode):
                     peak, at_peak = total, dict(cur)
                 if state > state_peak:
                     state_peak, at_state_peak, state_index = state, dict(cur), i
+        for c in (WEIGHTS_4BIT, QUANT_CONSTANTS):  # listed only for a model that has them
+            if not biggest[c]:
+                for counts in (at_peak, at_state_peak, biggest):
+                    del counts[c]
         return {R.MEASURED_PEAK_BYTES: peak, R.MEASURED_AT_PEAK: at_peak,
                 R.MEASURED_MAX: biggest, R.MEASURED_STATE_PEAK_BYTES: state_peak,
                 R.MEASURED_AT_STATE_PEAK: at_state_peak,

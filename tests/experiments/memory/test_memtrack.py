@@ -241,8 +241,8 @@ def test_tracker_leaves_nothing_behind() -> None:
 
 
 def test_categories_are_the_documented_ones() -> None:
-    assert memtrack.STATE_CATEGORIES == ("parameters", "gradients", "optimizer_state",
-                                         "optimizer_temporaries")
+    assert memtrack.STATE_CATEGORIES == ("weights_4bit", "quant_constants", "parameters",
+                                         "gradients", "optimizer_state", "optimizer_temporaries")
     assert set(memtrack.CATEGORIES) >= {"parameters", "buffers", "gradients", "optimizer_state",
                                         "activations", "temporaries", "weight_casts"}
 
