@@ -85,6 +85,10 @@ clean: ## remove .venv, caches and build files (keeps runs/ and reports/)
 memory: $(STAMP) ## a few steps of every method on the embedded model: memory table + runs/memory_table.csv
 	$(BIN)/python -m experiments.tools.memory_table $(call qw,ARGS)
 
+.PHONY: notebook
+notebook: $(STAMP) ## open analysis/compare.ipynb in JupyterLab from .venv (ARGS="--no-browser" on a server)
+	$(BIN)/jupyter lab analysis/compare.ipynb $(ARGS)
+
 .PHONY: plots dashboard
 plots: $(STAMP) ## figures (PNG+SVG) and summary.md in $REPORTS_DIR (reports/) from $RUNS_DIR (runs/)
 	$(BIN)/python -m analysis.plots

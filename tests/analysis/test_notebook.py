@@ -30,3 +30,14 @@ def test_compare_notebook_executes(real_runs: Path, monkeypatch: pytest.MonkeyPa
     assert "no LoRA rank sweep" in text
     tables = [o for o in outputs if "text/markdown" in o.get("data", {})]
     assert any("| head" in o["data"]["text/markdown"] for o in tables)
+
+
+def test_make_notebook_opens_it_in_jupyterlab_from_the_venv() -> None:
+    """`make notebook` starts .venv's JupyterLab on this notebook (dry run: make -n)."""
+    import subprocess
+
+    root = NOTEBOOK.parents[1]
+    out = subprocess.run(["make", "-n", "notebook"], cwd=root, capture_output=True, text=True,
+                         timeout=60).stdout
+    assert ".venv/bin/jupyter lab analysis/compare.ipynb" in out
+    assert (root / ".venv" / "bin" / "jupyter-lab").is_file()
