@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -80,6 +81,20 @@ def job_options(spec: dict[str, Any] | None, cluster_has_gpu: bool) -> dict[str,
     return spec
 
 
+def _check_reachable(address: str) -> None:
+    """A UserError at once when RAY_ADDRESS's host:port refuses connections (Ray itself keeps
+    retrying for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # ray://, auto: Ray's own to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({exc}); start "
+                        f"it (`ray start --head --port={port}`) or unset RAY_ADDRESS for a "
+                        f"local Ray") from None
+
+
 def _on_node(run_one: RunOne, job: Job, runs_dir: Path) -> Job:
     """The Ray task's body: run the job on this node, telling its record where it ran."""
     import ray
@@ -101,6 +116,8 @@ class RayExecutor:
         self.ray = import_ray()  # fail early, before anything is planned or written
         self.resources = resources
         job_options(resources, False)  # reject a bad `resources:` before Ray starts
+        if os.environ.get("RAY_ADDRESS"):
+            _check_reachable(os.environ["RAY_ADDRESS"])
 
     def _connect(self) -> str:
         """Join RAY_ADDRESS's cluster, or start a local Ray for this command; say which."""
@@ -146,7 +163,6 @@ class RayExecutor:
             job.status = "failed"
             job.detail = {"returncode": None, "output": f"ray: {str(exc)[-2000:]}"}
         return job
-
 
     def drive(self, study: Any, storage: str, workers: int) -> None:
         """A tuning study's trials as Ray tasks until the study has them all; `workers` > 1

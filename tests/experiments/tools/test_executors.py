@@ -182,8 +182,10 @@ def test_the_default_executor_needs_no_ray(tmp_path: Path, runs_dir: Path) -> No
     assert not other.exists()
 
 
-def test_resources_key_and_unknown_executor() -> None:
-    """A suite's `resources:` become the task's options; a GPU cluster gets one GPU a job."""
+def test_resources_key_unknown_executor_and_unreachable_cluster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite's `resources:` become the task's options; a GPU cluster gets one GPU a job; a
+    RAY_ADDRESS nobody listens on is one line at once (Ray would retry for minutes)."""
     from experiments.harness.config import UserError
 
     assert executors.job_options(None, False) == {"num_gpus": 0, "num_cpus": 1}
@@ -193,6 +195,13 @@ def test_resources_key_and_unknown_executor() -> None:
         executors.job_options({"gpus": 1}, True)
     with pytest.raises(UserError, match="unknown executor"):
         executors.make_executor("dask")
+    pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(UserError, match="cannot reach the Ray cluster"):
+        executors.make_executor("ray")
 
 
 def test_a_trial_on_a_host_ray_lost_is_failed_and_queued_again() -> None:
