@@ -22,6 +22,7 @@ from experiments.harness import artifacts
 from experiments.harness.config import resolve
 from experiments.inputs.data import load_data
 from experiments.train import run
+from methods import METHODS
 
 # Refuses to go on if tunebench's packages were imported: the folder must stand on its own.
 _GUARD = ("import sys\nassert not {'experiments', 'methods'} & {m.split('.')[0] for m in "
@@ -118,3 +119,23 @@ def test_embedded_model_is_named_by_its_hub_id(runs_dir: Path) -> None:
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert ".venv" not in (folder / artifacts.CARD_FILE).read_text()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_with_the_native_head_and_reloads(runs_dir: Path,
+                                                              method: str) -> None:
+    """GPT-2's native head reads the last real token; every method trains with it, and
+    `make predict`'s rebuild gives the run's probabilities."""
+    import torch
+
+    from experiments.tools.predict import predict_probs
+
+    record = _train(method, "tiny-gpt2", runs_dir, "pooling=native", "max_steps=2")
+    run_dir = Path(record[R.RECORD_PATH]).parent
+    model, tok, manifest = artifacts.load_model(run_dir / R.MODEL_DIR)
+    cfg = artifacts.run_config(manifest)
+    saved = pd.read_parquet(run_dir / R.PREDICTIONS_FILE)
+    texts = list(load_data(cfg).splits["test"]["text"])
+    probs = predict_probs(model, tok, texts, cfg, torch.device("cpu"))
+    cols = [c for c in saved.columns if c.startswith(R.PRED_PROB_PREFIX)]
+    np.testing.assert_allclose(probs, saved[cols].to_numpy(), rtol=0, atol=1e-5)
