@@ -47,7 +47,8 @@ class Config:
     model: str = _f("minilm", "backbone: minilm (embedded), tiny-<arch>, a local dir or a hub id")
     data: str = _f("rotten_tomatoes", "rotten_tomatoes, newsgroups20, a CSV/JSONL/Parquet path "
                    "or a hub dataset name")
-    text_column: str = _f("text", "text column of a local file or hub dataset")
+    text_column: str = _f("text", "text column of a local file or hub dataset; two, comma "
+                          "separated, for sentence pairs (sentence1,sentence2)")
     label_column: str = _f("label", "label column of a local file or hub dataset")
     train_size: int = _f(0, "subsample the train split to this many rows (0 = all)")
     eval_size: int = _f(0, "subsample validation and test to this many rows each (0 = all)")

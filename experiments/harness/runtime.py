@@ -93,7 +93,12 @@ def tokenize(splits: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
     datasets.disable_progress_bars()
     out = {}
     for name, ds in splits.items():
-        ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
-                    batched=True, remove_columns=["text"])
+        # A sentence pair (a `text_pair` column) is encoded as the tokenizer pairs texts: BERT's
+        # [CLS] a [SEP] b [SEP] with token types 0 and 1, RoBERTa's <s> a </s></s> b </s>, ...
+        pair = "text_pair" in ds.column_names
+        texts = [c for c in ("text", "text_pair") if c in ds.column_names]
+        ds = ds.map(lambda b, pair=pair: tokenizer(
+            b["text"], b["text_pair"] if pair else None, truncation=True,
+            max_length=max_length), batched=True, remove_columns=texts)
         out[name] = ds.rename_column("label", "labels").with_format("torch")
     return out
