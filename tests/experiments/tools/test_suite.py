@@ -138,5 +138,6 @@ def test_make_suite_smoke_runs_every_method(tmp_path: Path, runs_dir: Path) -> N
     records = [json.loads(p.read_text()) for p in runs_dir.glob("*/record.json")]
     assert sorted(r["method"] for r in records) == sorted(METHODS)
     assert all(r["status"] == "finished" for r in records)
+    assert {r["env"]["executor"] for r in records} == {"local"}  # docs/distributed.md
     assert (tmp_path / "reports" / "summary.md").exists()
     assert "lora-all" in res.stdout  # the closing table
