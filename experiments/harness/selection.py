@@ -1,0 +1,63 @@
+"""Model selection within a run, the same for every method: the best validation state is tested.
+
+The loop validates at each epoch end (and every `eval_every` steps). `BestState` keeps a copy of
+the trainable tensors at the best validation accuracy so far (the earliest on a tie); the loop
+puts it back before the test evaluation and the saved model, and the record says which step
+(`selected_step`). The copy lives on the CPU, so the device's memory figures stay training's;
+under FSDP each rank keeps its own shard where it is (a checkpoint then does not carry it: a
+resumed FSDP run selects among the validations after the resume).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+RULE = ("the state with the best validation accuracy (the earliest on a tie), validated at each "
+        "epoch end and every eval_every steps")
+
+
+def _sharded(p: torch.Tensor) -> bool:
+    return hasattr(p, "full_tensor")  # a DTensor: FSDP's shard of a parameter
+
+
+class BestState:
+    """The trainable state at the best validation accuracy seen so far."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.score = -math.inf
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, model: nn.Module, step: int, score: float) -> bool:
+        """Keep the model's trainable state when `score` beats the best so far."""
+        if not score > self.score:
+            return False
+        with torch.no_grad():
+            self.state = {n: p.detach().clone() if _sharded(p) else p.detach().to("cpu", copy=True)
+                          for n, p in model.named_parameters() if p.requires_grad}
+        self.step, self.score = step, score
+        return True
+
+    def restore(self, model: nn.Module) -> None:
+        """Put the kept state back into the model (the same module it was taken from)."""
+        if self.state is None:
+            return
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in self.state:
+                    p.copy_(self.state[name])
+
+    def to_checkpoint(self) -> dict[str, Any] | None:
+        """What a checkpoint stores (nothing for sharded state: see the module's docstring)."""
+        if self.state is None or any(_sharded(t) for t in self.state.values()):
+            return None
+        return {"step": self.step, "score": self.score, "state": self.state}
+
+    def load(self, saved: dict[str, Any] | None) -> None:
+        """Take back what `to_checkpoint` stored."""
+        if saved:
+            self.step, self.score, self.state = saved["step"], saved["score"], saved["state"]
