@@ -30,6 +30,7 @@ from experiments.contract.io import atomic_write_json
 from experiments.contract.units import human_bytes
 from experiments.dist import process as distributed
 from experiments.dist.process import DistInfo
+from experiments.dist.strategy import exit_process, resolve_name
 from experiments.harness import checkpoint
 from experiments.harness.artifacts import save_run
 from experiments.harness.build import Built, build_model
@@ -131,7 +132,7 @@ def set_up(cfg: Config) -> Setup:
     """Resolve a resume, start the processes, load data and model, open the record and tracker.
 
     Everything that can reject the user's input happens before anything is written."""
-    cfg.dist = distributed.strategy(cfg.dist)  # before hashing: under torchrun none means ddp
+    cfg.dist = resolve_name(cfg.dist)  # before hashing: under torchrun none means ddp
     runs_dir = R.runs_dir(cfg.runs_dir)
     cfg, previous, run_dir = resumed_run(cfg, runs_dir)
     device = pick_device(cfg.device)
@@ -246,4 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    distributed.exit_process(main())
+    exit_process(main())

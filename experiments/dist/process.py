@@ -9,23 +9,22 @@ The global batch stays `batch_size` (each rank takes its contiguous slice of eve
 split and gathers predictions, so every example counts exactly once. Only rank 0 writes the run
 folder, the record and W&B; checkpoints and exports gather full tensors onto rank 0.
 
-Wrapping the model (DDP, FSDP2) is `experiments.dist.parallel`; sharded evaluation is in
-`experiments.harness.evaluation`; gathering a checkpoint is in `experiments.harness.checkpoint`; the NPROC check
-before torchrun starts is `experiments.dist.launch`.
+What differs between `dist=none`, `ddp` and `fsdp` (wrapping the model, a checkpoint's gather
+and restore, the exit path) is each one's `experiments.dist.strategy.Strategy`; sharded
+evaluation is in `experiments.harness.evaluation`; the NPROC check before torchrun starts is
+`experiments.dist.launch`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from experiments.dist import launch
-from experiments.harness.config import DIST_STRATEGIES as STRATEGIES
 from experiments.harness.config import UserError
 
 
@@ -73,16 +72,10 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def strategy(requested: str) -> str:
-    """The strategy a run uses: under torchrun (WORLD_SIZE>1) `none` means DDP."""
-    return "ddp" if requested == "none" and env_world() > 1 else requested
-
-
-def setup(requested: str, device: torch.device, batch_size: int) -> DistInfo:
-    """Join the process group torchrun describes (none without torchrun); checks come first."""
-    world, how = env_world(), strategy(requested)
-    if how not in STRATEGIES:
-        raise UserError(f"dist={how!r} is not one of: {', '.join(STRATEGIES)}")
+def setup(how: str, device: torch.device, batch_size: int) -> DistInfo:
+    """Join the process group torchrun describes (none without torchrun) for strategy `how`
+    (`experiments.dist.strategy.resolve_name`'s, checked by the config); checks come first."""
+    world = env_world()
     if world == 1:
         return SINGLE
     # Each machine gives its own processes a core or device each: 2 nodes x 8 GPUs is 16
@@ -118,24 +111,6 @@ def cleanup(sync: bool = False) -> None:
         dist.destroy_process_group()
 
 
-def exit_process(code: int) -> NoReturn:
-    """Leave the process group (if the caller has not) and end this process with `code`;
-    under torchrun skip the interpreter's own teardown.
-
-    Gloo's worker threads can outlive `destroy_process_group` (FSDP's device mesh still refers
-    to the group). One that touches a Python object while the interpreter finalizes is ended
-    by Python mid-C++, which aborts the process ("terminate called without an active
-    exception", SIGABRT; seen once in CI on a 2-rank FSDP resume), and torchrun then fails
-    the whole job. Nothing is left to flush but stdio: the record is written atomically and
-    W&B is finished before this point."""
-    cleanup()
-    if env_world() == 1:
-        sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def broadcast(obj: Any, info: DistInfo) -> Any:
     """Rank 0's value of `obj` on every rank."""
     if not info.enabled:
@@ -169,8 +144,3 @@ def global_mean(loss: torch.Tensor, info: DistInfo) -> float:
     t = loss.detach().double().reshape(1).to(loss.device if info.backend == "nccl" else "cpu")
     dist.all_reduce(t)
     return float(t[0]) / info.world
-
-
-def shards(info: DistInfo) -> int:
-    """How many ways weights, gradients and optimizer state are split (FSDP: G)."""
-    return info.world if info.strategy == "fsdp" else 1

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from experiments.contract import record as R
-from experiments.dist import parallel
 from experiments.dist.process import DistInfo
+from experiments.dist.strategy import of
 from experiments.harness import modelcard
 from experiments.harness.build import TRAINED_FILE, build_model, load_tensors, trained_tensors
 from experiments.harness.config import Config, UserError, flatten, method_errors, resolve, to_dict
@@ -138,7 +138,7 @@ def save_run(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str
         metrics.pop("n", None)
     pair = len(cfg.text_column.split(",")) == 2
     if cfg.save != "none":
-        with parallel.full_weights(model, info) as full:
+        with of(info).full_weights(model) as full:
             if info.main:
                 formats = save_model(full, run_dir, cfg, label_names, model_info, precision,
                                      metrics, pair)

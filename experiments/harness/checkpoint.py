@@ -20,8 +20,6 @@ import torch
 from torch import nn
 
 from experiments.contract import record as R
-from experiments.dist.parallel import unwrap
-from experiments.dist.process import DistInfo
 
 
 def rng_state() -> dict[str, Any]:
@@ -102,6 +100,7 @@ def find_resumable(runs_dir: Path, resume: str, hash_: str, seed: int | None = N
     """The run folder `resume` names: a run id, or `auto` = the newest unfinished run with a
     checkpoint, this config hash and this seed (the hash leaves the seed out, so that seeds of
     one experiment share it). Raises UserError when there is none."""
+    # Imported here: the config reaches the strategies, which import this module.
     from experiments.harness.config import UserError
 
     if resume != "auto":
@@ -132,47 +131,3 @@ def load_progress_step(run_dir: Path) -> int | None:
         if path.exists() and (path.parent / "state.pt").exists():
             return int(json.loads(path.read_text())["step"])
     return None
-
-
-def full_states(model: nn.Module, optimizer: torch.optim.Optimizer,
-                info: DistInfo) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """(trainable weights, optimizer state) as full CPU tensors on rank 0; None elsewhere.
-
-    Under FSDP every rank takes part in the gather; the optimizer state is then keyed by
-    parameter name (torch.distributed.checkpoint's full state dict)."""
-    if info.strategy != "fsdp":
-        if not info.main:
-            return None
-        return trainable_state(unwrap(model)), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    weights = get_model_state_dict(model, options=opts)
-    optim = get_optimizer_state_dict(model, optimizer, options=opts)
-    if not info.main:
-        return None
-    return {k: v for k, v in weights.items() if k in trainable}, optim
-
-
-def restore_wrapped(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, info: DistInfo) -> dict[str, Any]:
-    """`restore` for a wrapped model: FSDP scatters the full tensors into shards."""
-    if info.strategy != "fsdp":
-        return restore(state, unwrap(model), optimizer, scheduler)
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    opts = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(model, state["model"], options=opts)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return state["progress"]

@@ -221,12 +221,24 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"{key}={value!r} is not one of: {', '.join(choices)}")
 
 
+def _check_dist_method(dist: str, method: str) -> None:
+    """Refuse a method the strategy cannot run (FSDP: full and lora)."""
+    # Imported here: the strategies import the process layer, which imports this module.
+    from experiments.dist.strategy import STRATEGIES, supports
+
+    if not supports(dist, method):
+        allowed = ", ".join(sorted(STRATEGIES[dist].methods or ()))
+        raise UserError(f"dist={dist} supports the methods {allowed}, not {method!r}; use "
+                        f"dist=ddp for {method}")
+
+
 def validate(cfg: Config) -> None:
     """Check values that a type alone cannot (ranges, choices); the method checks its own."""
     _choice("precision", cfg.precision, PRECISIONS)
     _choice("pooling", cfg.pooling, POOLINGS)
     _choice("wandb", cfg.wandb, WANDB_MODES)
     _choice("dist", cfg.dist, DIST_STRATEGIES)
+    _check_dist_method(cfg.dist, cfg.method)
     _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
     _choice("save", cfg.save, SAVE_MODES)
     for key in ("batch_size", "eval_batch_size", "max_length", "log_every"):

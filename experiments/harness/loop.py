@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from experiments.contract import record as R
-from experiments.dist import parallel
 from experiments.dist import process as distributed
+from experiments.dist.strategy import of
 from experiments.harness import checkpoint
 from experiments.harness.batching import EpochOrder, PaddedRows, token_lengths
 from experiments.harness.config import Config
@@ -99,7 +99,7 @@ class Loop:
         """Write the checkpoint (after the optimizer exists, and only at a step boundary)."""
         if self.optimizer is None or self.progress.step == 0:
             return
-        states = checkpoint.full_states(self.model, self.optimizer, self.ctx.dist)
+        states = of(self.ctx.dist).full_states(self.model, self.optimizer, self.ctx.dist)
         if states is None:  # not rank 0: it took part in the gather, rank 0 writes
             return
         path = checkpoint.save(self.run_dir, None, None, self.scheduler,
@@ -109,7 +109,7 @@ class Loop:
     def validate(self, loader: DataLoader) -> None:
         """Evaluate on validation and log it."""
         t, p = time.perf_counter(), self.progress
-        val = evaluate(parallel.eval_model(self.model, self.ctx.dist), loader, self.ctx,
+        val = evaluate(of(self.ctx.dist).eval_model(self.model), loader, self.ctx,
                        self.num_labels)
         p.eval_s += time.perf_counter() - t
         p.val_history.append({"step": p.step, **val})
@@ -125,15 +125,14 @@ class Loop:
                                                                 ctx)
             record[R.METHOD_INFO].update(hook_info)
         self.prepare_s = time.perf_counter() - t_prep
-        self.model = parallel.wrap(self.model, ctx.dist)  # after the hook: it runs plain
+        self.model = of(ctx.dist).wrap(self.model)  # after the hook: it runs plain
         loaders = self._loaders(splits, collate)
         self.optimizer = build_optimizer(self.model, cfg, ctx.precision)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_linear(loaders.total, cfg.warmup_ratio))
         if cfg.resume:
             state = checkpoint.load(self.run_dir)
-            saved = checkpoint.restore_wrapped(state, self.model, self.optimizer, self.scheduler,
-                                               ctx.dist)
+            saved = of(ctx.dist).restore(state, self.model, self.optimizer, self.scheduler)
             self.progress, offset = Progress.from_checkpoint(saved)
             self.tracker.truncate_to(offset)  # drop what was logged after the checkpoint
         return loaders
@@ -218,7 +217,7 @@ class Loop:
         """Test evaluation, metrics, memory and time into the record; returns the W&B summary."""
         record, p, last = self.record, self.progress, self.progress.val_history[-1]
         t = time.perf_counter()
-        test = evaluate(parallel.eval_model(self.model, self.ctx.dist), loaders.test, self.ctx,
+        test = evaluate(of(self.ctx.dist).eval_model(self.model), loaders.test, self.ctx,
                         self.num_labels)
         self.test_predictions = test.predictions
         p.eval_s += time.perf_counter() - t
@@ -232,7 +231,7 @@ class Loop:
                        R.EPOCHS: round(p.step / loaders.steps_per_epoch, 3)})
         record[R.MEMORY] = per_rank(memory_record(
             peak, self.probe, record[R.PARAMS], self.ctx.precision,
-            distributed.shards(self.ctx.dist)), self.ctx.dist)
+            of(self.ctx.dist).shards(self.ctx.dist.world)), self.ctx.dist)
         record[R.TIME].update({R.TRAIN_S: round(p.train_s, 3), R.EVAL_S: round(p.eval_s, 3),
                                R.PREPARE_S: round(self.prepare_s, 3),
                                R.SAMPLES_PER_S: round(p.samples / p.train_s, 2)})

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from experiments.dist import process as distributed
-
 from experiments.dist import launch
+from experiments.dist.strategy import exit_process
 from experiments.harness.config import resolve
 from experiments.harness.evaluation import eval_batches
 from experiments.train import main, run
@@ -138,7 +137,7 @@ def _model_params(path: str) -> list[torch.Tensor]:
 EXPORT = """
 import sys, torch
 from experiments.dist import process as distributed
-from experiments.dist import parallel
+from experiments.dist.strategy import exit_process, of
 from experiments.inputs.backbones import load_backbone
 from methods import lora
 
@@ -149,11 +148,11 @@ lora.apply(model, lora.Config())
 with torch.no_grad():
     for layer in lora.lora_layers(model).values():
         layer.lora_B.weight.normal_()  # B starts at zero: give the export something to carry
-model = parallel.wrap(model, info)
-with parallel.full_weights(model, info) as full:
+model = of(info).wrap(model)
+with of(info).full_weights(model) as full:
     if info.main:
         lora.export_peft(full, sys.argv[2])
-distributed.exit_process(0)
+exit_process(0)
 """
 
 
@@ -246,6 +245,6 @@ def test_exit_skips_the_interpreter_teardown_only_under_torchrun(
     monkeypatch.setattr(os, "_exit", fake_exit)
     monkeypatch.setenv("WORLD_SIZE", world)
     with pytest.raises(how) as caught:
-        distributed.exit_process(2)
+        exit_process(2)
     code = caught.value.args[0] if how is _Exited else caught.value.code
     assert code == 2
