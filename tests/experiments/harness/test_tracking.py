@@ -16,7 +16,7 @@ from experiments.train import run
 
 def test_offline_wandb_run_is_organised_for_comparison(runs_dir: Path) -> None:
     record = run(resolve(["method=lora", "model=tiny-bert", "train_size=48", "eval_size=16",
-                          "batch_size=16", "max_steps=3", "wandb=offline", "progress=false",
+                          "batch_size=16", "max_steps=3", "wandb=offline", "log_every=1",
                           "seed=3"]))
     files = glob.glob(str(Path(record[R.RECORD_PATH]).parent / "wandb" / "offline-run-*" /
                           "*.wandb"))
@@ -30,6 +30,7 @@ def test_offline_wandb_run_is_organised_for_comparison(runs_dir: Path) -> None:
         assert key in wb["summary"], key
     assert wb["metrics"]["val/*"] == "train/epoch"
     assert any("val/accuracy" in h and "train/epoch" in h for h in wb["history"])
+    assert "step 3: train/loss=" in wb["console"]  # no terminal here: plain lines, captured
     [artifact] = wb["artifacts"]
     assert artifact["type"] == "model" and artifact["name"] == "model-lora-rotten_tomatoes-s3"
     assert "adapter_config.json" in artifact["files"] and "README.md" in artifact["files"]
