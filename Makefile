@@ -34,6 +34,7 @@ unexport TEXT FILE ARGS DATA MODEL RUN
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  e.g. make experiment METHOD=lora DATA=rotten_tomatoes MODEL=minilm ARGS=\"lora.rank=16\""
+	@echo "  SUITE= (experiments/suites/): $(SUITES)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -97,12 +98,14 @@ dashboard: $(STAMP) ## one self-contained reports/dashboard.html: figures, runs 
 	$(BIN)/python -m analysis.dashboard
 
 SUITE ?= smoke
+# Every suite file, so `make help` lists what exists rather than a list to keep in step.
+SUITES := $(sort $(basename $(notdir $(wildcard experiments/suites/*.yaml))))
 DRY ?=
 # EXECUTOR=ray: every run as a Ray task on $RAY_ADDRESS's cluster, else on a local Ray
 # (docs/distributed.md); unset, runs go one after another here and need no Ray.
 EXECUTOR ?=
 .PHONY: suite tune
-suite: $(STAMP) ## run a suite resumably, then plots + summary: SUITE=smoke|quick|paper (DRY=1 lists)
+suite: $(STAMP) ## run a suite resumably, then plots + summary: SUITE=<name> below (DRY=1 lists)
 	$(BIN)/python -m experiments.tools.suite $(SUITE) $(if $(DRY),--dry) \
 		$(if $(EXECUTOR),--executor $(EXECUTOR)) $(call qw,ARGS)
 
@@ -113,7 +116,7 @@ WORKERS ?= 1
 tune: $(STAMP) ## tune METHOD='s learning rate on validation: TRIALS=12 WORKERS=1 DATA= MODEL= ARGS= -> experiments/presets/
 	$(BIN)/python -m experiments.tools.tune $(METHOD) $(if $(value DATA),--data $(call q,DATA)) \
 		$(if $(value MODEL),--model $(call q,MODEL)) --trials $(TRIALS) --workers $(WORKERS) \
-		$(call qw,ARGS)
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) $(call qw,ARGS)
 
 .PHONY: bench
 bench: $(STAMP) ## benchmarks: step cost per method, our LoRA vs PEFT, inference, scaling -> BENCHMARKS.md (ARGS="--smoke" for a quick check)

@@ -7,9 +7,10 @@ Run it:
 
 It loads the backbone and data, lets the method mark what trains (`apply`), trains with AdamW
 over the trainable parameters only (warm-up then linear decay, gradient clipping), evaluates on
-validation each epoch (and every `eval_every` steps) and on test at the end, and writes a W&B run
-plus `runs/<run_id>/record.json`. It never asks which method it runs: a method that needs
-something from the loop exposes a hook (`prepare_data`).
+validation each epoch (and every `eval_every` steps), tests the state of the best validation
+(`experiments.harness.selection`), and writes a W&B run plus `runs/<run_id>/record.json`. It
+never asks which method it runs: a method that needs something from the loop exposes a hook
+(`prepare_data`).
 """
 
 from __future__ import annotations
@@ -31,20 +32,23 @@ from experiments.contract.units import human_bytes
 from experiments.dist import process as distributed
 from experiments.dist.process import DistInfo
 from experiments.dist.strategy import exit_process, resolve_name
-from experiments.harness import checkpoint
+from experiments.harness import checkpoint, lock
 from experiments.harness.artifacts import save_run
 from experiments.harness.build import Built, build_model
 from experiments.harness.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 from experiments.harness.config import (
     Config,
     UserError,
+    applied_preset,
     config_hash,
     describe,
-    flatten,
+    describe_methods,
     resolve,
+    resumed_config,
     to_dict,
 )
-from experiments.harness.loop import Loop
+from experiments.harness.loop import Loop, Observer, Pruned
+from experiments.harness.preflight import preflight
 from experiments.harness.provenance import environment, new_run_id
 from experiments.harness.runtime import (
     Context,
@@ -60,7 +64,13 @@ from experiments.harness.step import (
     forward_backward,
     warmup_linear,
 )
-from experiments.harness.tracking import NullTracker, Tracker, wandb_mode
+from experiments.harness.tracking import (
+    NullTracker,
+    Tracker,
+    identity,
+    quiet_progress,
+    wandb_mode,
+)
 from experiments.inputs.data import DataBundle, load_data
 from experiments.memory.ledger import DevicePeak
 from methods.model import param_split
@@ -90,24 +100,34 @@ class Setup:
     tracker: Tracker | NullTracker
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Train and evaluate one configuration; returns the record (also written to disk)."""
+@lock.releasing  # the run folder's writer lock, held for the run's life
+def run(cfg: Config, observe: Observer | None = None,
+        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns the record (also written to disk).
+
+    `observe` sees each validation and may stop the run (status `pruned`, no test, no
+    checkpoint kept); `extra` adds top-level record entries (the tuner's study and trial)."""
     t0 = time.perf_counter()
-    job = set_up(cfg)
+    job = set_up(cfg, extra)
     cfg, ctx, record = job.cfg, job.ctx, job.record
     loop = Loop(cfg, ctx, job.built.model, job.built.spec, job.bundle.num_labels, job.tracker,
-                record, job.run_dir)
+                record, job.run_dir, observe)
     summary: dict[str, Any] = {}
     try:
         # The device peak covers preparation too (the head's feature pass is part of its cost).
         with DevicePeak(ctx.device) as peak:
             loaders = loop.prepare(job.splits, job.collate)
-            loop.fit(loaders)
+            with loop.interrupt:  # Ctrl-C stops at a step boundary (harness/interrupt.py)
+                loop.fit(loaders)
             summary = loop.evaluate(loaders, peak)
         save(job, loop)
-    except KeyboardInterrupt:
+    except Pruned:
+        record.update({R.STATUS: R.PRUNED, R.PRUNED_AT_STEP: loop.progress.step,
+                       R.VAL_HISTORY: loop.progress.val_history, R.STEPS: loop.progress.step})
+    except KeyboardInterrupt as exc:
         record[R.STATUS] = R.CANCELLED
         loop.save_checkpoint()
+        exc.record_path = record[R.RECORD_PATH]  # type: ignore[attr-defined]  # for main's line
         raise
     except Exception as exc:
         record[R.STATUS] = R.FAILED
@@ -123,18 +143,20 @@ def run(cfg: Config) -> dict[str, Any]:
         params = record[R.PARAMS]
         summary.update({f"{R.PARAMS}/{k}": params[k] for k in (R.P_TRAINABLE, R.P_TOTAL)})
         job.tracker.finish(record, summary)
-    if record[R.STATUS] == R.FINISHED and not cfg.keep_checkpoint and ctx.dist.main:
+    if record[R.STATUS] in (R.FINISHED, R.PRUNED) and not cfg.keep_checkpoint and ctx.dist.main:
         shutil.rmtree(job.run_dir / "checkpoint", ignore_errors=True)
     return record
 
 
-def set_up(cfg: Config) -> Setup:
+def set_up(cfg: Config, extra: dict[str, Any] | None = None) -> Setup:
     """Resolve a resume, start the processes, load data and model, open the record and tracker.
 
     Everything that can reject the user's input happens before anything is written."""
     cfg.dist = resolve_name(cfg.dist)  # before hashing: under torchrun none means ddp
     runs_dir = R.runs_dir(cfg.runs_dir)
     cfg, previous, run_dir = resumed_run(cfg, runs_dir)
+    quiet_progress(cfg.progress)  # before any library draws a bar
+    preflight(cfg, runs_dir)  # the folder is writable, the backbone fits the config
     device = pick_device(cfg.device)
     info = distributed.setup(cfg.dist, device, cfg.batch_size)
     device = distributed.local_device(device, info)
@@ -149,6 +171,7 @@ def set_up(cfg: Config) -> Setup:
         run_dir = runs_dir / run_id
         if info.main:
             run_dir.mkdir(parents=True, exist_ok=False)  # a clash of ids fails here, never merges
+            lock.hold_run(run_dir)
         record = new_record(cfg, ctx, run_id, built, bundle)
     else:
         record = previous
@@ -156,6 +179,7 @@ def set_up(cfg: Config) -> Setup:
         record.update({R.STATUS: R.RUNNING, R.ERROR: None})
     record[R.RECORD_PATH] = str(run_dir / R.RECORD_FILE)
     record[R.DIST] = info.record()
+    record.update(extra or {})  # before the first write: a killed run's record has it too
     tracker = open_tracker(cfg, record, run_dir, info, resumed=previous is not None)
     return Setup(cfg, ctx, built, bundle, splits, collate, record, run_dir, tracker)
 
@@ -166,10 +190,12 @@ def resumed_run(cfg: Config, runs_dir: Path
     if not cfg.resume:
         return cfg, None, None
     run_dir = checkpoint.find_resumable(runs_dir, cfg.resume, config_hash(cfg), cfg.seed)
+    if distributed.env_rank() == 0:  # one writer: a second resume of this run stops here
+        lock.hold_run(run_dir)
     previous = json.loads((run_dir / R.RECORD_FILE).read_text())
-    # The saved config is the run's; only how it reports may change on resume.
-    keep = {k: getattr(cfg, k) for k in ("progress", "wandb", "runs_dir")}
-    cfg = resolve({**flatten(previous[R.CONFIG]), **keep, "resume": run_dir.name})
+    # The saved config is the run's; only how it reports may change, and any other key the
+    # command line sets must agree with it.
+    cfg = resumed_config(cfg, previous[R.CONFIG], run_dir.name)
     return cfg, previous, run_dir
 
 
@@ -181,7 +207,13 @@ def new_record(cfg: Config, ctx: Context, run_id: str, built: Built,
             R.STATUS: R.RUNNING, R.STARTED_AT: _now(), R.CONFIG: to_dict(cfg),
             R.METHOD_INFO: built.method_info, R.MODEL: built.model_info, R.DATA: bundle.info,
             R.PRECISION: ctx.precision, R.PARAMS: param_split(built.model), R.METRICS: {},
-            R.MEMORY: {}, R.TIME: {}, R.ENV: environment(ctx.device)}
+            R.MEMORY: {}, R.TIME: {}, R.ENV: environment(ctx.device), R.PRESET: preset_record(cfg)}
+
+
+def preset_record(cfg: Config) -> dict[str, Any]:
+    """Which preset applied (a presets file's entry or the code PRESET) and its values."""
+    values, where = applied_preset(cfg.method, cfg.data, cfg.model, cfg.preset)
+    return {R.PRESET_FROM: where, R.PRESET_VALUES: values}
 
 
 def open_tracker(cfg: Config, record: dict[str, Any], run_dir: Path, info: DistInfo,
@@ -191,10 +223,12 @@ def open_tracker(cfg: Config, record: dict[str, Any], run_dir: Path, info: DistI
         return NullTracker()
     # A run killed outright (SIGKILL, power) still leaves a record saying it never finished.
     atomic_write_json(run_dir / R.RECORD_FILE, record)
+    who = identity(cfg, record[R.PRECISION])  # W&B's name, group and tags for comparison
     return Tracker(run_dir, record[R.RUN_ID], {**record[R.CONFIG],
-                                               R.CONFIG_HASH: record[R.CONFIG_HASH]},
-                   cfg.experiment_name(), wandb_mode(cfg.wandb), cfg.wandb_project,
-                   resume=resumed)
+                                               R.CONFIG_HASH: record[R.CONFIG_HASH],
+                                               R.EXPERIMENT: record[R.EXPERIMENT]},
+                   who["group"], wandb_mode(cfg.wandb), cfg.wandb_project,
+                   resume=resumed, name=who["name"], tags=who["tags"], progress=cfg.progress)
 
 
 def save(job: Setup, loop: Loop) -> None:
@@ -212,7 +246,9 @@ def summary_line(record: dict[str, Any]) -> str:
     pct = 100 * p[R.P_TRAINABLE] / max(1, p[R.P_TOTAL])
     # A resumed run with no step left to measure has no measured peak.
     peak = mem.get(R.MEASURED_PEAK_BYTES)
-    return (f"{record[R.METHOD]}: test/accuracy={m[R.TEST_ACCURACY]:.4f} "
+    score = (f"test/accuracy={m[R.TEST_ACCURACY]:.4f}" if R.TEST_ACCURACY in m else
+             f"val/best_accuracy={m[R.VAL_BEST_ACCURACY]:.4f} (validation only)")
+    return (f"{record[R.METHOD]}: {score} "
             f"trainable={p[R.P_TRAINABLE]:,}/{p[R.P_TOTAL]:,} ({pct:.2f}%) "
             f"step_peak_mem={'—' if peak is None else human_bytes(peak)} "
             f"wall={record[R.TIME][R.TOTAL_S]:.1f}s record={record[R.RECORD_PATH]}")
@@ -224,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(__doc__)
         print("config keys (key=value):\n" + describe())
+        print("\nmethods (method=<name>) and their options (<method>.<option>=value):\n"
+              + describe_methods())
         return EXIT_OK
     try:
         record = run(resolve(argv))
@@ -232,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.env_rank() == 0:  # one line, not one per process
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("cancelled: the record says so", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        where = getattr(exc, "record_path", None)
+        print(f"cancelled: the record {where} says so; resume={Path(where).parent.name} "
+              "continues it" if where else "cancelled before the run started; nothing was "
+              "written", file=sys.stderr)
         return EXIT_CANCELLED
     except Exception as exc:
         print(f"error: the run failed ({type(exc).__name__}: {exc}); the record and "

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def removed_on_error(*paths: Path) -> Iterator[None]:
+    """Remove `paths` (temporary files or folders) when the block raises: a write that fails
+    half-way (a full disk, an interrupt) leaves no partial copy behind."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -157,7 +157,10 @@ NOT_HASHED = ("name", "runs_dir", "wandb", "wandb_project", "progress", "seed",
               "checkpoint_every", "keep_checkpoint", "resume", "save", "preset")
 # Config keys added after records were published: at these values the hash leaves them out, so
 # the hashes of earlier records (results/) still hold.
-HASH_OMITS_AT = {"test_split": True}
+HASH_OMITS_AT = {"test_split": True, "activation_checkpointing": False,
+                 # a method's option, "<method>.<option>": the 4-bit base (methods/quantize.py)
+                 "lora.quantize": "none", "lora.double_quant": True,
+                 "dora.quantize": "none", "dora.double_quant": True}
 
 # config.* keys readers compare runs by (the harness's Config fields; a method's own options
 # nest under its name, e.g. config.lora.rank).
@@ -251,11 +254,6 @@ RAY_NODE_ID = "ray_node_id"  # the Ray node that ran it (None outside Ray)
 EXECUTOR_ENV = "TUNEBENCH_EXECUTOR"
 RAY_NODE_ID_ENV = "TUNEBENCH_RAY_NODE_ID"
 
-# metrics.* for sentence-pair and imbalanced tasks: F1 of class 1 for binary tasks (macro-F1,
-# above, for several classes) and Matthews correlation for every task (CoLA's metric).
-TEST_F1, VAL_F1 = "test/f1", "val/f1"
-TEST_MCC, VAL_MCC = "test/mcc", "val/mcc"
-
 # The memory levers (docs/memory-levers.md): a 4-bit frozen base (QLoRA, methods/quantize.py),
 # 8-bit AdamW (optimizer_impl=adamw8bit), activation checkpointing.
 CAT_WEIGHTS_4BIT = "weights_4bit"  # a category: the 4-bit codes of a quantised base's weights
@@ -263,3 +261,8 @@ CAT_QUANT_CONSTANTS = "quant_constants"  # a category: their scales, code tables
 QUANT_CONSTANTS_BYTES = "quant_constants_bytes"  # memory.*: the ledger's count of them
 QUANTIZED_PARAMS = "quantized_params"  # memory.*: elements held in 4 bits (the formula's Nq)
 ACTIVATION_CHECKPOINTING = "activation_checkpointing"  # a config key and memory.* flag
+
+# metrics.* for sentence-pair and imbalanced tasks: F1 of class 1 for binary tasks (macro-F1,
+# above, for several classes) and Matthews correlation for every task (CoLA's metric).
+TEST_F1, VAL_F1 = "test/f1", "val/f1"
+TEST_MCC, VAL_MCC = "test/mcc", "val/mcc"

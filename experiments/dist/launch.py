@@ -65,9 +65,11 @@ def torchrun(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    # The agent logs each failed rank (and its OMP_NUM_THREADS note) before raising; a rank's
-    # own line, or the summary below, says what matters.
-    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    # The agent logs each failed rank before raising; a rank's own line, or the summary below,
+    # says what matters. Its loggers set their own levels, so each is quietened by name.
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its warning
     try:
         run(parse_args(argv))
     except ChildFailedError as exc:

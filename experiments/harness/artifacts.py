@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from experiments.contract import record as R
+from experiments.contract.io import removed_on_error
 from experiments.dist.process import DistInfo
 from experiments.dist.strategy import of
 from experiments.harness import modelcard
@@ -97,7 +98,7 @@ def save_model(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[s
                 M_CONFIG: to_dict(cfg)}
     (tmp / R.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     (tmp / CARD_FILE).write_text(modelcard.card(cfg, model_info, label_names, formats,
-                                                metrics or {}, pair))
+                                                metrics or {}, pair, precision))
     for path in tmp.rglob("*"):  # as readable as the records (safetensors writes 0600)
         path.chmod(0o755 if path.is_dir() else 0o644)
     shutil.rmtree(final, ignore_errors=True)
@@ -131,8 +132,11 @@ def save_run(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str
     """Predictions and (with save=auto) the model; under several processes every rank takes part
     in gathering the weights and rank 0 writes. Returns the `artifacts` section (rank 0)."""
     paths, formats, metrics = [], {}, {}
+    # A write that fails half-way (a full disk) removes its temporary copy (save_model's and
+    # write_predictions' names): the run folder never holds a partial model or table.
     if info.main and predictions is not None:
-        paths.append(write_predictions(run_dir, predictions))
+        with removed_on_error(run_dir / f".{R.PREDICTIONS_FILE}.tmp"):
+            paths.append(write_predictions(run_dir, predictions))
         metrics = classification_metrics(predictions.predicted, predictions.label,
                                           len(label_names))
         metrics.pop("n", None)
@@ -140,8 +144,9 @@ def save_run(model: nn.Module, run_dir: Path, cfg: Config, label_names: list[str
     if cfg.save != "none":
         with of(info).full_weights(model) as full:
             if info.main:
-                formats = save_model(full, run_dir, cfg, label_names, model_info, precision,
-                                     metrics, pair)
+                with removed_on_error(run_dir / f".{R.MODEL_DIR}.tmp"):
+                    formats = save_model(full, run_dir, cfg, label_names, model_info, precision,
+                                         metrics, pair)
                 paths.append(run_dir / R.MODEL_DIR)
     return listing(run_dir, paths, formats) if info.main else {}
 

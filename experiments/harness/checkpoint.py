@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from experiments.contract import record as R
+from experiments.contract.io import removed_on_error
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,11 +56,12 @@ def save(run_dir: Path, model: nn.Module | None, optimizer: torch.optim.Optimize
     tmp = run_dir / ".checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"model": weights, "optimizer": optim,
-                "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                "progress": progress}, tmp / "state.pt")
-    (tmp / "progress.json").write_text(json.dumps({"step": progress["step"],
-                                                   "epoch": progress["epoch"]}))
+    with removed_on_error(tmp):
+        torch.save({"model": weights, "optimizer": optim,
+                    "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                    "progress": progress}, tmp / "state.pt")
+        (tmp / "progress.json").write_text(json.dumps({"step": progress["step"],
+                                                       "epoch": progress["epoch"]}))
     old = run_dir / ".checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

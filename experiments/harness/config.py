@@ -1,6 +1,7 @@
 """Typed run configuration: defaults here, a per-method preset, then `key=value` overrides.
 
-Resolution order is fixed: the dataclass defaults below <- the method's `PRESET` dict <- the
+Resolution order is fixed: the dataclass defaults below <- the method's preset (its entry in
+`experiments/presets/<data>-<model>.yaml` when present, else its code `PRESET`) <- the
 command line. Method options live in the method's own dataclass and are addressed as
 `<method>.<field>` (for example `lora.rank=16`).
 """
@@ -11,15 +12,18 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from experiments.contract import record
 from methods import METHODS
-from methods.base import MethodError
+from methods.base import MethodError, options
 
 
 class UserError(Exception):
@@ -43,7 +47,7 @@ SAVE_MODES = ("auto", "none")
 class Config:
     """Everything one run needs; the method's own options sit in `method_cfg`."""
 
-    method: str = _f("lora", "fine-tuning method: head, embedding, soft_prompt, lora, full")
+    method: str = _f("lora", "fine-tuning method: " + ", ".join(METHODS))
     model: str = _f("minilm", "backbone: minilm (embedded), tiny-<arch>, a local dir or a hub id")
     data: str = _f("rotten_tomatoes", "rotten_tomatoes, newsgroups20, a CSV/JSONL/Parquet path "
                    "or a hub dataset name")
@@ -66,6 +70,9 @@ class Config:
     weight_decay: float = _f(0.01, "AdamW weight decay (matrices only; not biases or norms)")
     warmup_ratio: float = _f(0.06, "fraction of steps with linear warm-up, then linear decay")
     max_grad_norm: float = _f(1.0, "clip the gradient norm to this (0 = no clipping)")
+    activation_checkpointing: bool = _f(False, "recompute each transformer block's activations "
+                                        "in the backward instead of keeping them (the "
+                                        "backbone's own checkpointing): less memory, more time")
     optimizer_impl: str = _f("auto", "AdamW implementation: auto (fused where torch supports the "
                              "device and dtype, else foreach), fused, foreach, loop, adamw8bit "
                              "(bitsandbytes, 8-bit moments)")
@@ -90,7 +97,15 @@ class Config:
                    "(make predict loads it); none: only the record and predictions")
     dist: str = _f("none", "several processes (under torchrun): ddp (the default there) or fsdp "
                    "(full and lora); none = one process")
+    preset: str = _f("auto", "training defaults under the command line: auto (the method's entry "
+                     "in experiments/presets/<data>-<model>.yaml when there is one, else its code "
+                     "PRESET), code (the code PRESET), or a presets file path")
+    test_split: bool = _f(True, "false: the test split is never loaded nor evaluated (validation "
+                          "only, as the tuner's runs)")
     method_cfg: Any = field(default=None, repr=False, metadata={"doc": "the method's options"})
+    # The keys the user set (command line or dict), by `resolve`: a resume compares only these
+    # with the saved config. A class default, not a field: it is no part of the run's config.
+    given: ClassVar[dict[str, Any]] = {}
 
     def resolved_runs_dir(self) -> str:
         """The folder run records are written to."""
@@ -114,7 +129,13 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def config_hash(cfg: Config) -> str:
     """A short hash of what the run computes; seeds of one experiment share it."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in record.NOT_HASHED}
+    d = {k: v for k, v in to_dict(cfg).items() if k not in record.NOT_HASHED
+         and not (k in record.HASH_OMITS_AT and v == record.HASH_OMITS_AT[k])}
+    if isinstance(d.get(cfg.method), dict):  # method options, as "<method>.<option>"
+        omit = {k.split(".", 1)[1]: v for k, v in record.HASH_OMITS_AT.items()
+                if k.startswith(f"{cfg.method}.")}
+        d[cfg.method] = {k: v for k, v in d[cfg.method].items()
+                         if not (k in omit and v == omit[k])}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -131,8 +152,8 @@ def coerce(key: str, raw: Any, tp: Any) -> Any:
             return None
         tp = args[0]
     if not isinstance(raw, str):
-        if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
-            return float(raw)
+        if tp is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+            raw = repr(float(raw))  # through the string path, which refuses inf and nan
         if isinstance(raw, tp) and not (tp is int and isinstance(raw, bool)):
             return raw
         raw = str(raw)
@@ -147,7 +168,10 @@ def coerce(key: str, raw: Any, tp: Any) -> Any:
         if tp is int:
             return int(raw)
         if tp is float:
-            return float(raw)
+            value = float(raw)
+            if math.isfinite(value):  # inf or nan is never a usable rate, ratio or scale
+                return value
+            raise UserError(f"{key}={raw!r} is not a finite number; e.g. {key}=0.001")
         if tp is str:
             return raw
     except ValueError:
@@ -201,7 +225,9 @@ def resolve(args: list[str] | dict[str, Any]) -> Config:
         raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     module = METHODS[method]
     cfg = Config(method=method, method_cfg=module.Config())
-    for key, value in {**module.PRESET, **overrides}.items():
+    preset, _ = applied_preset(method, *(str(overrides.get(k, getattr(Config, k)))
+                                         for k in ("data", "model", "preset")))
+    for key, value in {**preset, **overrides}.items():
         if "." in key:
             prefix, name = key.split(".", 1)
             if prefix != method:
@@ -213,12 +239,122 @@ def resolve(args: list[str] | dict[str, Any]) -> Config:
         else:
             _set(cfg, key, key, value)
     validate(cfg)
+    cfg.given = overrides
     return cfg
+
+
+# Keys that only change how a run reports; a resume may change them.
+RESUME_MAY_CHANGE = ("progress", "wandb", "runs_dir", "resume")
+
+
+def _value(cfg: Config, key: str) -> Any:
+    prefix, dot, name = key.partition(".")
+    if not dot:
+        return getattr(cfg, key)
+    return getattr(cfg.method_cfg, name, None) if prefix == cfg.method else None
+
+
+def resumed_config(cfg: Config, saved: dict[str, Any], run_id: str) -> Config:
+    """The saved config of run `run_id`, with the reporting keys `cfg` sets; a UserError when
+    `cfg` sets any other key to a value the run did not train with (never silently ignored)."""
+    keep = {k: getattr(cfg, k) for k in RESUME_MAY_CHANGE if k != "resume"}
+    out = resolve({**flatten(saved), **keep, "resume": run_id})
+    differ = [k for k in cfg.given if k not in RESUME_MAY_CHANGE
+              and _value(cfg, k) != _value(out, k)]
+    if differ:
+        shown = ", ".join(f"{k}={_value(cfg, k)!r} (run: {_value(out, k)!r})" for k in differ)
+        raise UserError(f"resume={cfg.resume}: {shown} differ from the run's saved config; a "
+                        "resumed run keeps its config: drop them, or start a new run without "
+                        "resume=")
+    return out
+
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
+def preset_path(data: str, model: str) -> Path:
+    """experiments/presets/<data>-<model>.yaml (a path-like name by its file stem)."""
+    def slug(name: str) -> str:
+        stem = Path(name).stem if ("/" in name or Path(name).suffix) else name
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+
+    return PRESETS_DIR / f"{slug(data)}-{slug(model)}.yaml"
+
+
+def applied_preset(method: str, data: str, model: str, preset: str) -> tuple[dict[str, Any], str]:
+    """(values, where from) of the training defaults `preset=` selects for a method: a presets
+    file's entry for it (over its code PRESET, which holds what the tuner kept fixed), else the
+    code PRESET. The tuner writes the files (`experiments.tools.tune`)."""
+    code = dict(METHODS[method].PRESET)
+    where = f"methods/{method}.py PRESET"
+    if preset == "code":
+        return code, where
+    path = preset_path(data, model) if preset == "auto" else Path(preset)
+    if preset != "auto" and not path.is_file():
+        raise UserError(f"preset={preset!r}: no such presets file; pass auto, code or the path "
+                        "of a file `make tune` wrote")
+    entry = _preset_entry(path, method) if path.is_file() else None
+    if entry is None:
+        return code, where
+    return {**code, **entry}, _shown(path)
+
+
+def _preset_entry(path: Path, method: str) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        entry = (data.get("methods") or {}).get(method)
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise UserError(f"{path}: not a presets file ({str(exc).splitlines()[0]}); fix or "
+                        "remove it, or pass preset=code") from exc
+    if entry is None:
+        return None
+    values = entry.get("values") if isinstance(entry, dict) else None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: methods.{method} has no `values` mapping; fix or remove it, "
+                        "or pass preset=code")
+    return values
+
+
+def _shown(path: Path) -> str:
+    """A presets path relative to the repository when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path(__file__).resolve().parents[2]))
+    except ValueError:
+        return str(path)
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"{key}={value!r} is not one of: {', '.join(choices)}")
+
+
+# Every numeric key's allowed range: (low, high, whether high itself is allowed). A test holds
+# that each int/float field of Config is listed, so a new numeric key cannot skip its check.
+SEED_MAX = 2**32 - 1  # numpy's seed range
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "train_size": (0, math.inf, False), "eval_size": (0, math.inf, False),
+    "max_length": (1, math.inf, False), "classifier_dropout": (0, 1, False),
+    "epochs": (0, math.inf, False), "max_steps": (0, math.inf, False),
+    "batch_size": (1, math.inf, False), "group_by_length": (0, math.inf, False),
+    "eval_batch_size": (1, math.inf, False), "lr": (0, math.inf, False),
+    "weight_decay": (0, math.inf, False), "warmup_ratio": (0, 1, False),
+    "max_grad_norm": (0, math.inf, False), "eval_every": (0, math.inf, False),
+    "log_every": (1, math.inf, False), "seed": (0, SEED_MAX, True),
+    "checkpoint_every": (0, math.inf, False),
+}
+
+
+def _check_range(key: str, value: float) -> None:
+    low, high, high_ok = RANGES[key]
+    inside = low <= value and (value <= high if high_ok else value < high)
+    if key == "lr":
+        inside = inside and value > 0
+    if not inside:
+        span = f"in [{low}, {high}{']' if high_ok else ')'}" if high < math.inf else \
+            "> 0" if key == "lr" else "a positive integer" if low == 1 else f">= {low}"
+        raise UserError(f"{key}={value} is out of range: it must be {span}")
 
 
 def _check_dist_method(dist: str, method: str) -> None:
@@ -241,19 +377,10 @@ def validate(cfg: Config) -> None:
     _check_dist_method(cfg.dist, cfg.method)
     _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
     _choice("save", cfg.save, SAVE_MODES)
-    for key in ("batch_size", "eval_batch_size", "max_length", "log_every"):
-        if getattr(cfg, key) <= 0:
-            raise UserError(f"{key}={getattr(cfg, key)} must be a positive integer")
-    for key in ("epochs", "max_steps", "train_size", "eval_size", "eval_every",
-                "checkpoint_every", "group_by_length"):
-        if getattr(cfg, key) < 0:
-            raise UserError(f"{key}={getattr(cfg, key)} must be >= 0")
+    for key in RANGES:
+        _check_range(key, getattr(cfg, key))
     if cfg.epochs == 0 and cfg.max_steps == 0:
         raise UserError("epochs=0 with max_steps=0 trains nothing; set epochs>=1 or max_steps")
-    if not cfg.lr > 0:
-        raise UserError(f"lr={cfg.lr} must be > 0")
-    if not 0 <= cfg.classifier_dropout < 1 or not 0 <= cfg.warmup_ratio < 1:
-        raise UserError("classifier_dropout and warmup_ratio must be in [0, 1)")
     spec = METHODS.get(cfg.method)
     check = spec.check_options if spec is not None and cfg.method_cfg is not None else None
     if check is not None:
@@ -276,4 +403,15 @@ def describe() -> str:
     for f in dataclasses.fields(Config):
         if f.name != "method_cfg":
             lines.append(f"  {f.name:<20} {f.default!s:<16} {f.metadata.get('doc', '')}")
+    return "\n".join(lines)
+
+
+def describe_methods() -> str:
+    """Every method with its options and their defaults (each from the method's own Config),
+    for --help."""
+    lines = []
+    for name, spec in METHODS.items():
+        lines.append(f"  {name:<20} {spec.doc}")
+        lines += [f"    {f'{name}.{o.name}':<26} {o.default!s:<12} {o.doc}"
+                  for o in options(spec)]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from experiments.harness import checkpoint
 from experiments.harness.batching import EpochOrder, PaddedRows, token_lengths
 from experiments.harness.config import Config
 from experiments.harness.evaluation import eval_loader, evaluate
+from experiments.harness.interrupt import DeferredInterrupt
 from experiments.harness.runtime import Context
+from experiments.harness.selection import RULE, BestState
 from experiments.harness.step import (
     NonFiniteLoss,
     apply_update,
@@ -33,6 +36,7 @@ from experiments.harness.step import (
     forward_backward,
     warmup_linear,
 )
+from experiments.harness.tracking import EPOCH_KEY, bars_shown
 from experiments.memory.ledger import (
     DevicePeak,
     FirstStepProbe,
@@ -73,16 +77,32 @@ class Loaders:
     order: EpochOrder
     train: DataLoader
     validation: DataLoader
-    test: DataLoader
+    test: DataLoader | None  # None: a validation-only run (test_split=false)
     steps_per_epoch: int
     total: int
 
 
+class Pruned(Exception):  # noqa: N818 (a stop the observer asked for, not an error)
+    """The validation observer stopped the run (the tuner's pruner)."""
+
+
+Observer = Callable[[list[dict[str, Any]]], bool]  # the history so far -> stop the run?
+
+
+# A split's metrics beyond accuracy, by the record key they go to.
+VAL_EXTRA = {"macro_f1": R.VAL_MACRO_F1, "f1": R.VAL_F1, "mcc": R.VAL_MCC}
+TEST_EXTRA = {"macro_f1": R.TEST_MACRO_F1, "f1": R.TEST_F1, "mcc": R.TEST_MCC}
+
+
 class Loop:
-    """The training loop's state, so a checkpoint can capture it and a resume restore it."""
+    """The training loop's state, so a checkpoint can capture it and a resume restore it.
+
+    `observe`, when given, sees the validation history after each validation; it returning
+    True stops the run with `Pruned` (the tuner reports to its trial and asks the pruner)."""
 
     def __init__(self, cfg: Config, ctx: Context, model: torch.nn.Module, spec: MethodSpec,
-                 num_labels: int, tracker: Any, record: dict[str, Any], run_dir: Path) -> None:
+                 num_labels: int, tracker: Any, record: dict[str, Any], run_dir: Path,
+                 observe: Observer | None = None) -> None:
         self.cfg, self.ctx, self.model, self.spec = cfg, ctx, model, spec
         self.num_labels, self.tracker, self.record, self.run_dir = (num_labels, tracker, record,
                                                                      run_dir)
@@ -94,16 +114,21 @@ class Loop:
         self.scheduler: Any = None
         self.order: EpochOrder | None = None
         self.probe: Any = None
+        self.steps_per_epoch = 0  # known once the loaders exist
+        self.best = BestState()
+        self.observe = observe
+        self.interrupt = DeferredInterrupt()  # entered around `fit`: Ctrl-C at a step boundary
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint (after the optimizer exists, and only at a step boundary)."""
-        if self.optimizer is None or self.progress.step == 0:
-            return
+        if self.optimizer is None or self.progress.step == 0 or self.interrupt.forced:
+            return  # forced: an interrupt mid-step; the last checkpoint is the state to resume
         states = of(self.ctx.dist).full_states(self.model, self.optimizer, self.ctx.dist)
         if states is None:  # not rank 0: it took part in the gather, rank 0 writes
             return
-        path = checkpoint.save(self.run_dir, None, None, self.scheduler,
-                               self.progress.to_checkpoint(self.tracker.position()), states)
+        progress = {**self.progress.to_checkpoint(self.tracker.position()),
+                    "best": self.best.to_checkpoint()}
+        path = checkpoint.save(self.run_dir, None, None, self.scheduler, progress, states)
         self.last_checkpoint = {"step": self.progress.step, "path": str(path)}
 
     def validate(self, loader: DataLoader) -> None:
@@ -113,7 +138,12 @@ class Loop:
                        self.num_labels)
         p.eval_s += time.perf_counter() - t
         p.val_history.append({"step": p.step, **val})
-        self.tracker.log({f"val/{k}": v for k, v in val.items() if k != "n"}, step=p.step)
+        epoch = p.step / self.steps_per_epoch if self.steps_per_epoch else float(p.epoch)
+        self.tracker.log({**{f"val/{k}": v for k, v in val.items() if k != "n"},
+                          EPOCH_KEY: epoch}, step=p.step)
+        self.best.offer(self.model, p.step, val["accuracy"])
+        if self.observe is not None and self.observe(p.val_history):
+            raise Pruned(f"stopped by the validation observer at step {p.step}")
 
     def prepare(self, splits: dict[str, Any], collate: Any) -> Loaders:
         """The method's data hook, the wrapped model, loaders, optimizer and schedule; a resumed
@@ -134,6 +164,7 @@ class Loop:
             state = checkpoint.load(self.run_dir)
             saved = of(ctx.dist).restore(state, self.model, self.optimizer, self.scheduler)
             self.progress, offset = Progress.from_checkpoint(saved)
+            self.best.load(saved.get("best"))
             self.tracker.truncate_to(offset)  # drop what was logged after the checkpoint
         return loaders
 
@@ -150,7 +181,7 @@ class Loop:
         train = DataLoader(PaddedRows(splits["train"]), batch_sampler=order, collate_fn=collate,
                            generator=loader_rng)
         val, test = (eval_loader(splits[k], cfg.eval_batch_size, collate, dist, loader_rng)
-                     for k in ("validation", "test"))
+                     if k in splits else None for k in ("validation", "test"))
         steps_per_epoch = len(order.batches())
         total = cfg.max_steps or cfg.epochs * steps_per_epoch
         if cfg.max_steps and cfg.epochs:
@@ -160,12 +191,13 @@ class Loop:
     def fit(self, loaders: Loaders) -> None:
         """Train to the last step: validation each epoch (and every `eval_every`), checkpoints."""
         cfg, p, total = self.cfg, self.progress, loaders.total
+        self.steps_per_epoch = loaders.steps_per_epoch  # validation logs its epoch for W&B
         trainable = [q for q in self.model.parameters() if q.requires_grad]
         # The ledger on the first step; one whole step measured by category (the second, so
         # the optimizer state exists when it begins; experiments.memory.memtrack).
         self.probe = FirstStepProbe(self.model, self.optimizer, steps_left=total - p.step)
-        bar = tqdm(total=total, initial=p.step, desc=cfg.method, disable=not cfg.progress,
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=total, initial=p.step, desc=cfg.method,
+                   disable=not bars_shown(cfg.progress), dynamic_ncols=True, file=sys.stderr)
         self.model.train()
         while p.step < total:
             loaders.order.set_position(p.epoch, p.batch_in_epoch)
@@ -180,11 +212,13 @@ class Loop:
                     break
                 if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+                self.interrupt.at_boundary(self.ctx.dist, self.ctx.device)
             if p.batch_in_epoch >= loaders.steps_per_epoch:  # a whole epoch is done
                 p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             if not p.val_history or p.val_history[-1]["step"] != p.step:
                 self.validate(loaders.validation)
             self.save_checkpoint()
+            self.interrupt.at_boundary(self.ctx.dist, self.ctx.device)
         bar.close()
 
     def _step(self, batch: dict[str, torch.Tensor], trainable: list[torch.Tensor],
@@ -214,28 +248,33 @@ class Loop:
                               "train/epoch": p.step / loaders.steps_per_epoch}, step=p.step)
 
     def evaluate(self, loaders: Loaders, peak: DevicePeak) -> dict[str, Any]:
-        """Test evaluation, metrics, memory and time into the record; returns the W&B summary."""
+        """The selected state put back; test evaluation (unless validation only), metrics,
+        memory and time into the record; returns the W&B summary."""
         record, p, last = self.record, self.progress, self.progress.val_history[-1]
-        t = time.perf_counter()
-        test = evaluate(of(self.ctx.dist).eval_model(self.model), loaders.test, self.ctx,
-                        self.num_labels)
-        self.test_predictions = test.predictions
-        p.eval_s += time.perf_counter() - t
-        metrics = {R.TEST_ACCURACY: test["accuracy"], R.VAL_ACCURACY: last["accuracy"],
+        self.best.restore(self.model)
+        metrics = {R.VAL_ACCURACY: last["accuracy"],
                    R.VAL_BEST_ACCURACY: max(v["accuracy"] for v in p.val_history),
-                   R.TRAIN_LOSS_FINAL: p.loss_value, R.TEST_N: test["n"]}
-        if "macro_f1" in test:
-            metrics[R.TEST_MACRO_F1] = test["macro_f1"]
-            metrics[R.VAL_MACRO_F1] = last["macro_f1"]
+                   R.TRAIN_LOSS_FINAL: p.loss_value}
+        metrics.update({key: last[k] for k, key in VAL_EXTRA.items() if k in last})
+        if loaders.test is not None:
+            t = time.perf_counter()
+            test = evaluate(of(self.ctx.dist).eval_model(self.model), loaders.test,
+                            self.ctx, self.num_labels)
+            self.test_predictions = test.predictions
+            p.eval_s += time.perf_counter() - t
+            metrics.update({R.TEST_ACCURACY: test["accuracy"], R.TEST_N: test["n"]})
+            metrics.update({key: test[k] for k, key in TEST_EXTRA.items() if k in test})
         record.update({R.METRICS: metrics, R.VAL_HISTORY: p.val_history, R.STEPS: p.step,
-                       R.EPOCHS: round(p.step / loaders.steps_per_epoch, 3)})
+                       R.EPOCHS: round(p.step / loaders.steps_per_epoch, 3),
+                       R.SELECTED_STEP: self.best.step, R.SELECTION: RULE,
+                       R.TEST_EVALUATED: loaders.test is not None})
         record[R.MEMORY] = per_rank(memory_record(
             peak, self.probe, record[R.PARAMS], self.ctx.precision,
             of(self.ctx.dist).shards(self.ctx.dist.world)), self.ctx.dist)
         record[R.TIME].update({R.TRAIN_S: round(p.train_s, 3), R.EVAL_S: round(p.eval_s, 3),
                                R.PREPARE_S: round(self.prepare_s, 3),
                                R.SAMPLES_PER_S: round(p.samples / p.train_s, 2)})
-        summary = {k: metrics[k] for k in (R.TEST_ACCURACY, R.VAL_ACCURACY, R.TEST_MACRO_F1)
-                   if k in metrics}
-        return {**summary, **memory_summary(record[R.MEMORY]),
-                f"{R.TIME}/{R.TRAIN_S}": record[R.TIME][R.TRAIN_S]}
+        # Every metric (best validation accuracy, F1, MCC) and the throughput, for W&B's table.
+        return {**metrics, **memory_summary(record[R.MEMORY]),
+                f"{R.TIME}/{R.TRAIN_S}": record[R.TIME][R.TRAIN_S],
+                f"{R.TIME}/{R.SAMPLES_PER_S}": record[R.TIME][R.SAMPLES_PER_S]}

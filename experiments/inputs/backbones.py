@@ -6,8 +6,12 @@ one linear head), the model that every method modifies.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import socket
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +150,142 @@ def load_backbone(name: str, num_labels: int, pooling: str = "mean",
     return model, tok, info
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+@functools.cache
+def hub_offline() -> str | None:
+    """Why the hub cannot be reached (HF_HUB_OFFLINE, or one short connection probe), else None.
+
+    huggingface_hub retries a failed connection with back-off (26-49 s before its error), so
+    the harness probes once and, when the hub is unreachable, puts the process in offline
+    mode: anything cached still loads, anything else fails at once."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+            "1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or 443
+    reason: list[str] = [f"no answer from {host} in {HUB_PROBE_TIMEOUT_S:g} s"]
+
+    def probe() -> None:  # a thread: name resolution itself ignores socket timeouts
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+            reason.clear()
+        except OSError as exc:
+            reason[0] = f"{host} unreachable: {exc}"
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(HUB_PROBE_TIMEOUT_S + 0.5)
+    if not reason:
+        return None
+    _go_offline()
+    return reason[0]
+
+
+def _go_offline() -> None:
+    """Offline mode for this process (and the processes it starts): cache only, no retries."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    if "datasets.config" in sys.modules:  # datasets copies the flag when it is imported
+        sys.modules["datasets.config"].HF_HUB_OFFLINE = True
+
+
+# Architectures whose position ids start after the padding index (RoBERTa's embeddings), so
+# `max_position_embeddings` counts pad_token_id + 1 positions that no token can use.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "data2vec-text", "longformer")
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "n_ctx")
+
+
+def position_limit(config: Any) -> int | None:
+    """How many token positions a backbone config can embed (None: no fixed limit)."""
+    for key in POSITION_KEYS:
+        limit = getattr(config, key, None)
+        if isinstance(limit, int) and limit > 0:
+            if config.model_type in OFFSET_POSITIONS:
+                limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+            return limit
+    return None
+
+
+def backbone_config(name: str) -> Any:
+    """The backbone's transformers config, read without its weights; a UserError (one line)
+    when `name` is not a text encoder or decoder the harness can train."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as TEXT_CLASSIFIERS,
+    )
+
+    kind, where = resolve_source(name)
+    if kind == "tiny":
+        return _tiny_config(where, 60000, 0)  # only the positions are read
+    offline = hub_offline() if kind == "hub" else None
+    if kind != "hub" and not os.path.isfile(os.path.join(where, "config.json")):
+        raise UserError(f"model folder {where!r} has no config.json (a model saved with "
+                        "save_pretrained has one, with its weights and tokenizer); pass such a "
+                        "folder, minilm or a tiny-<arch>")
+    try:
+        config = AutoConfig.from_pretrained(where, local_files_only=offline is not None)
+    except (OSError, ValueError, KeyError) as exc:
+        if offline is not None:
+            raise UserError(f"model {name!r} is not in the local cache and the hub is offline "
+                            f"({offline}); connect to the network, or pass a local model "
+                            "folder, minilm or a tiny-<arch>") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"could not read the config of model {name!r} ({kind}): {first}") from exc
+    if getattr(config, "is_encoder_decoder", False) or config.model_type not in TEXT_CLASSIFIERS:
+        what = "an encoder-decoder" if getattr(config, "is_encoder_decoder", False) else \
+            "not a text encoder or decoder"
+        raise UserError(f"model {name!r} is {what} (model_type {config.model_type!r}); the "
+                        "harness trains text encoders (BERT, RoBERTa, ...) and decoders (GPT-2, "
+                        "LLaMA, ...): pass one of those")
+    return config
+
+
+def check_backbone(cfg: Any) -> dict[str, Any]:
+    """Before anything is written: the backbone is a supported text model whose positions hold
+    every length the config asks for (max_length, a soft prompt, a vocab-initialised prefix).
+    Returns {"position_limit": n}."""
+    config = backbone_config(cfg.model)
+    kind, where = resolve_source(cfg.model)
+    if kind in ("local", "embedded") and not any(
+            p.name.endswith(WEIGHT_SUFFIXES) for p in Path(where).iterdir()):
+        raise UserError(f"model folder {where!r} has a config but no weights (*.safetensors or "
+                        "*.bin); pass a folder saved with save_pretrained")
+    if kind != "tiny":
+        tokenizer_files(cfg.model)
+    limit = position_limit(config)
+    if limit is None:
+        return {"position_limit": None}
+    options = cfg.method_cfg
+    needs = [("max_length", cfg.max_length, "lower it")]
+    if cfg.method == "soft_prompt":  # the virtual tokens take positions before the text's
+        needs.append((f"soft_prompt.prompt_length + max_length ({options.prompt_length} + "
+                      f"{cfg.max_length})", options.prompt_length + cfg.max_length,
+                      "lower either"))
+    if cfg.method == "prefix" and options.init == "vocab":  # the init probe embeds the prefix
+        needs.append(("prefix.prefix_length (embedded by init=vocab)", options.prefix_length,
+                      "lower it or set prefix.init=random"))
+    for what, length, fix in needs:
+        if length > limit:
+            raise UserError(f"{what} = {length} exceeds the {limit} positions of model "
+                            f"{cfg.model!r}; {fix} (at most {limit})")
+    return {"position_limit": limit}
+
+
+def tokenizer_files(name: str) -> None:
+    """UserError unless the model's tokenizer loads (a weights-only folder has none)."""
+    kind, where = resolve_source(name)
+    try:
+        load_tokenizer(where)
+    except (OSError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"model {name!r} ({kind}) has no usable tokenizer ({first}); pass a "
+                        "folder saved with its tokenizer (tokenizer.save_pretrained)") from exc

@@ -10,7 +10,10 @@ Splits we make are stratified and seeded with a constant, so they never change b
 
 from __future__ import annotations
 
+import itertools
 import os
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,20 @@ import pandas as pd
 
 from experiments.contract import record as R
 from experiments.harness.config import Config, UserError
-from experiments.inputs.backbones import package_dir
+from experiments.inputs.backbones import hub_offline, package_dir
 
 SPLIT_SEED = 1234  # fixed: the split is part of the task, not of the run
+PAIR_COLUMN = "text_pair"  # a sentence pair's second text (text_column=first,second)
+# The input columns of hub tasks whose examples are not one `text` column: `glue:mrpc` works
+# without text_column= (and with it, the user's columns win).
+HUB_TEXT_COLUMNS = {
+    **{f"{glue}:{task}": cols for glue in ("glue", "nyu-mll/glue") for task, cols in {
+        "cola": "sentence", "sst2": "sentence", "mrpc": "sentence1,sentence2",
+        "qqp": "question1,question2", "mnli": "premise,hypothesis", "qnli": "question,sentence",
+        "rte": "sentence1,sentence2", "wnli": "sentence1,sentence2",
+        "ax": "premise,hypothesis"}.items()},
+    "snli": "premise,hypothesis", "stanfordnlp/snli": "premise,hypothesis",
+}
 LOCAL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pq")
 
 
@@ -58,8 +72,18 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, ...],
 def _frame_splits(frames: dict[str, pd.DataFrame]) -> Any:
     from datasets import Dataset, DatasetDict
 
-    return DatasetDict({k: Dataset.from_pandas(v[["text", "label"]].reset_index(drop=True),
-                                               preserve_index=False) for k, v in frames.items()})
+    return DatasetDict({k: Dataset.from_pandas(
+        v[[c for c in ("text", PAIR_COLUMN, "label") if c in v.columns]].reset_index(drop=True),
+        preserve_index=False) for k, v in frames.items()})
+
+
+def text_columns(text_column: str) -> list[str]:
+    """The input columns `text_column` names: one, or two comma-separated (a sentence pair)."""
+    cols = [c.strip() for c in text_column.split(",")]
+    if len(cols) > 2 or not all(cols):
+        raise UserError(f"text_column={text_column!r}: name one column, or two separated by a "
+                        "comma for sentence pairs (text_column=sentence1,sentence2)")
+    return cols
 
 
 def _split_frame(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -146,19 +170,19 @@ def load_local(path: str, text_column: str, label_column: str) -> DataBundle:
         raise UserError(f"data file {path!r} not found; pass an existing CSV/JSONL/Parquet path "
                         "or rotten_tomatoes / newsgroups20")
     df = _read_local(path)
-    missing = [c for c in (text_column, label_column) if c not in df.columns]
+    missing = [c for c in (*text_columns(text_column), label_column) if c not in df.columns]
     if missing:
         raise UserError(f"{path}: no column {' or '.join(map(repr, missing))}; columns found: "
                         f"{', '.join(map(str, df.columns))}; set text_column= / label_column=")
-    df = df[[text_column, label_column]].dropna()
-    df = df.assign(**{text_column: df[text_column].astype(str)})
+    df, cleaned = _labelled_rows(df, text_column, label_column)
+    df["label"], spelling = normalise_labels(df["label"])
     # An exact duplicate would sit in train and test alike, or count twice; the first is kept.
     rows = len(df)
-    df = df.drop_duplicates(subset=text_column, keep="first")
-    labels, names = _map_labels(df[label_column])
-    frame = pd.DataFrame({"text": df[text_column], "label": labels.astype(int)})
+    df = df.drop_duplicates(subset=[c for c in ("text", PAIR_COLUMN) if c in df], keep="first")
+    labels, names = _map_labels(df["label"])
+    frame = df.drop(columns="label").assign(label=labels.astype(int))
     info = {"source": f"local file {os.path.abspath(path)}", "label_order": names,
-            R.D_DUPLICATES_DROPPED: rows - len(df),
+            R.D_DUPLICATES_DROPPED: rows - len(df), **cleaned, **spelling,
             R.D_SPLIT: f"stratified 80/10/10, seed {SPLIT_SEED}"}
     return DataBundle(_frame_splits(_split_frame(frame)), names, info)
 
@@ -175,8 +199,57 @@ def hub_name(name: str) -> tuple[str, str | None]:
 
 
 def _missing(labels: pd.Series) -> pd.Series:
-    """Rows without a label: null, or negative (GLUE's hidden test labels are -1)."""
-    return labels.isna() | (pd.to_numeric(labels, errors="coerce") < 0)
+    """Rows without a label, the one rule of every loader: null, blank, or negative (GLUE's
+    hidden test labels are -1)."""
+    blank = labels.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+    return labels.isna() | blank | (pd.to_numeric(labels, errors="coerce") < 0)
+
+
+def _labelled_rows(df: pd.DataFrame, text_column: str,
+                   label_column: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """(text, label) rows that have both; the counts of rows dropped for no text (null or
+    blank) and for no label (`_missing`), for the record."""
+    texts = [df[c] for c in text_columns(text_column)]  # a pair: no text if either is blank
+    no_text = np.logical_or.reduce([t.isna() | t.astype(str).str.strip().eq("") for t in texts])
+    no_text = pd.Series(no_text, index=df.index)
+    labels = df[label_column] if label_column in df else pd.Series(None, index=df.index,
+                                                                    dtype=object)
+    no_label = _missing(labels) & ~no_text
+    keep = ~(no_text | no_label)
+    labels = labels[keep]
+    if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
+        labels = labels.astype(int)  # a blank cell made the column float: 1.0 is class 1
+    counts = {R.D_TEXT_DROPPED: int(no_text.sum())}
+    if no_label.any():
+        counts[R.D_UNLABELLED_DROPPED] = int(no_label.sum())
+    frame = {"text": texts[0][keep].astype(str)}
+    if len(texts) == 2:
+        frame[PAIR_COLUMN] = texts[1][keep].astype(str)
+    return pd.DataFrame({**frame, "label": labels}), counts
+
+
+def normalise_labels(labels: pd.Series) -> tuple[pd.Series, dict[str, Any]]:
+    """Labels that differ only by surrounding whitespace or case become one class, spelt as
+    most of its rows spell it (stripped); the record counts the rows changed."""
+    # Normalise rather than refuse: ' neg' or 'NEG' beside 'neg' is an entry slip far more often
+    # than a class of its own, and the record lists every merge, so nothing is hidden.
+    is_str = labels.map(lambda v: isinstance(v, str)).astype(bool)
+    if not is_str.any():
+        return labels, {}
+    key = labels.map(lambda v: v.strip().casefold() if isinstance(v, str) else v)
+    stripped = labels.map(lambda v: v.strip() if isinstance(v, str) else v)
+    canon = {}
+    for k, group in stripped.groupby(key, sort=False):
+        counts = group.value_counts()
+        canon[k] = min(counts.index, key=lambda v: (-counts[v], str(v)))
+    out = key.map(canon)
+    changed = out != labels
+    if not changed.any():
+        return labels, {}
+    merged = {str(c): sorted({repr(v) for v in labels[changed & (out == c)]})
+              for c in canon.values()}
+    return out, {R.D_LABELS_NORMALISED: int(changed.sum()),
+                 R.D_LABEL_SPELLINGS: {c: v for c, v in merged.items() if v}}
 
 
 def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
@@ -191,48 +264,66 @@ def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
     # datasets caches a local folder under its base name and config alone (datasets 5.2), so an
     # edited folder, or another folder of the same name, would load stale rows: rebuild it.
     fresh = {"download_mode": "force_redownload"} if os.path.isdir(path) else {}
+    offline = None if os.path.isdir(path) else hub_offline()  # fail fast, not after retries
     try:
         dsd = datasets.load_dataset(path, config, **fresh)
     except Exception as exc:  # the hub raises many types; all mean "could not get it"
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        if offline is not None:
+            raise UserError(f"dataset {name!r} could not load from the local cache and the hub "
+                            f"is offline ({offline}; {type(exc).__name__}: {first}); connect to "
+                            "the network, or pass rotten_tomatoes, newsgroups20 or a local file "
+                            "or folder") from exc
+        example = "imdb" if name == "glue:sst2" else "glue:sst2"  # never the name that failed
         raise UserError(f"could not load dataset {name!r} ({type(exc).__name__}: {first}); pass "
-                        "rotten_tomatoes, newsgroups20, a local file or folder, or a hub name "
-                        "such as glue:sst2 (dataset:config)") from exc
+                        "rotten_tomatoes, newsgroups20, a local file or folder, or another hub "
+                        f"name such as {example} (dataset:config)") from exc
     if "train" not in dsd:
         raise UserError(f"dataset {name!r} has no train split (has: {', '.join(dsd)})")
     cols = list(dsd["train"].column_names)
-    missing = [c for c in (text_column, label_column) if c not in cols]
+    missing = [c for c in (*text_columns(text_column), label_column) if c not in cols]
     if missing:
         raise UserError(f"dataset {name!r}: no column {' or '.join(map(repr, missing))}; "
                         f"columns found: {', '.join(cols)}; set text_column= / label_column=")
     names = list(getattr(dsd["train"].features.get(label_column), "names", []) or [])
-    frames, unlabelled, dropped = {}, [], 0
+    frames, unlabelled, dropped = {}, [], Counter()
     for k in dsd:
         df = dsd[k].to_pandas()
         labels = df[label_column] if label_column in df else pd.Series([None] * len(df))
-        absent = _missing(labels)
-        if len(df) and absent.all():
+        if len(df) and _missing(labels).all():
             unlabelled.append(k)
             continue
-        dropped += int(absent.sum())
-        frames[k] = pd.DataFrame({"text": df[text_column].astype(str), "label": labels})[~absent]
+        frames[k], counts = _labelled_rows(df, text_column, label_column)
+        dropped.update(counts)
     if "train" not in frames:
         raise UserError(f"dataset {name!r}: the train split has no labels in {label_column!r}")
+    spelling: dict[str, Any] = {}
     if not names:
-        all_labels = pd.concat([f["label"] for f in frames.values()])
+        all_labels, spelling = normalise_labels(
+            pd.concat([f["label"] for f in frames.values()], ignore_index=True))
+        frames = _relabel(frames, all_labels)
         _, names = _map_labels(all_labels)
         ids = {v: i for i, v in enumerate(sorted(all_labels.unique().tolist()))}
         frames = {k: f.assign(label=f["label"].map(ids)) for k, f in frames.items()}
     frames = {k: f.assign(label=f["label"].astype(int)) for k, f in frames.items()}
+    refuse_contained_splits(frames, name)  # the dataset's own splits, before any carving
     where = _assign_splits(frames, unlabelled)
     info = {"source": f"hub dataset {path}" + (f", config {config}" if config else ""),
             "label_order": names, R.D_SPLIT: where}
     if unlabelled:
         info[R.D_UNLABELLED_SPLITS] = unlabelled
-    if dropped:
-        info[R.D_UNLABELLED_DROPPED] = dropped
+    info.update({R.D_TEXT_DROPPED: 0, **dropped, **spelling})
     return DataBundle(_frame_splits({k: frames[k] for k in ("train", "validation", "test")}),
                       names, info)
+
+
+def _relabel(frames: dict[str, pd.DataFrame], labels: pd.Series) -> dict[str, pd.DataFrame]:
+    """Each frame with its rows' labels taken, in order, from `labels` (their concatenation)."""
+    out, start = {}, 0
+    for k, f in frames.items():
+        out[k] = f.assign(label=labels.iloc[start:start + len(f)].to_numpy())
+        start += len(f)
+    return out
 
 
 def _assign_splits(frames: dict[str, pd.DataFrame], unlabelled: list[str]) -> str:
@@ -291,20 +382,59 @@ def load_data(cfg: Config) -> DataBundle:
     elif is_local_path(cfg.data):
         bundle = load_local(cfg.data, cfg.text_column, cfg.label_column)
     else:
-        bundle = load_hub(cfg.data, cfg.text_column, cfg.label_column)
+        text = cfg.text_column
+        if text == "text":  # the default: a known hub task's own columns
+            text = HUB_TEXT_COLUMNS.get(cfg.data, text)
+        bundle = load_hub(cfg.data, text, cfg.label_column)
+        bundle.info["text_columns"] = text_columns(text)
     s = bundle.splits
+    if not cfg.test_split:  # validation only (the tuner): no test row leaves the data layer
+        del s["test"]
+    refuse_contained_splits(s, cfg.data)
     s["train"] = _subsample(s["train"], cfg.train_size)
     s["validation"] = _subsample(s["validation"], cfg.eval_size)
-    s["test"] = _subsample(s["test"], cfg.eval_size)
+    if "test" in s:
+        s["test"] = _subsample(s["test"], cfg.eval_size)
     if bundle.num_labels < 2 or len(set(s["train"]["label"])) < 2:
         raise UserError(f"{cfg.data}: the train split has fewer than 2 classes; a classifier "
                         "needs at least two labels")
     if len(s["train"]) < cfg.batch_size:
         raise UserError(f"{cfg.data}: train split has {len(s['train'])} rows, fewer than "
                         f"batch_size={cfg.batch_size}; use more data or a smaller batch_size")
-    for k in ("validation", "test"):
+    for k in [k for k in ("validation", "test") if k in s]:
         if len(s[k]) == 0:
             raise UserError(f"{cfg.data}: the {k} split is empty; use more data")
     bundle.info.update({f"{k}_rows": len(s[k]) for k in s})
+    bundle.info[R.D_SHARED] = shared = shared_between_splits(s)
+    if any(shared.values()) and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"warning: {cfg.data}: texts shared between splits "
+              f"({', '.join(f'{k}: {n}' for k, n in shared.items() if n)}); the test score "
+              "overstates generalisation (recorded as data.shared_between_splits)",
+              file=sys.stderr)
     bundle.info["label_names"] = bundle.label_names
     return bundle
+
+
+def _texts(ds: Any) -> set[str]:
+    """A split's examples as comparable strings: every input column (not the label), stripped."""
+    names = ds.column_names if hasattr(ds, "column_names") else list(ds.columns)  # or a frame
+    cols = [c for c in names if c != "label"]
+    columns = [ds[c] for c in cols]
+    return {"\x1f".join(str(v).strip() for v in row) for row in zip(*columns, strict=True)}
+
+
+def shared_between_splits(splits: Any) -> dict[str, int]:
+    """How many distinct examples each pair of splits has in common ("train&test": n)."""
+    texts = {k: _texts(splits[k]) for k in splits}
+    return {f"{a}&{b}": len(texts[a] & texts[b])
+            for a, b in itertools.combinations(list(splits), 2)}
+
+
+def refuse_contained_splits(splits: Any, name: str) -> None:
+    """UserError when every example of a split is also in another: scores on it would measure
+    memory, not generalisation."""
+    texts = {k: _texts(splits[k]) for k in splits}
+    for a, b in itertools.permutations(list(splits), 2):
+        if texts[a] and texts[a] <= texts[b]:
+            raise UserError(f"{name}: every example of the {a} split ({len(texts[a])}) is also in "
+                            f"the {b} split; use a dataset whose splits are disjoint")

@@ -45,6 +45,13 @@ def read_texts(text: str | None, file: str | None) -> list[str]:
     return texts
 
 
+def one_line(text: str) -> str:
+    """A text as one output field: a newline, tab or carriage return shown escaped (a TEXT with
+    newlines is one text, and prints as one line)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace(
+        "\r", "\\r")
+
+
 def predict_probs(model: torch.nn.Module, tokenizer: Any, texts: list[str], cfg: Any,
                   device: torch.device, batch_size: int | None = None,
                   precision: str | None = None) -> np.ndarray:
@@ -120,7 +127,7 @@ def _main(argv: list[str]) -> int:
                           precision)
     for text, p in zip(texts, probs, strict=True):
         k = int(p.argmax())
-        print(f"{names[k]}\t{p[k]:.4f}\t{text}")
+        print(f"{names[k]}\t{p[k]:.4f}\t{one_line(text)}")
     return EXIT_OK
 
 

@@ -102,13 +102,53 @@ def test_a_crash_mid_run_writes_a_failed_record(monkeypatch: pytest.MonkeyPatch)
     assert "simulated crash" in (record.parent / "error.txt").read_text()
 
 
-def test_ctrl_c_writes_cancelled_and_a_checkpoint_then_resumes(
+def _sigint_after_forward(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Send this process a real SIGINT right after the `call`-th training forward: mid-step,
+    with that forward's dropout masks already drawn (as a Ctrl-C at a random moment would)."""
+    real = model_mod.Classifier.forward
+    calls = {"n": 0}
+
+    def forward(self: model_mod.Classifier, *a: object, **k: object) -> object:
+        out = real(self, *a, **k)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == call:
+                os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(model_mod.Classifier, "forward", forward)
+
+
+def test_sigint_mid_step_then_resume_equals_an_uninterrupted_run(runs_dir: Path) -> None:
+    # Dropout is on (tiny BERT's 0.1 and the head's 0.1): a checkpoint of a half-done step
+    # would resume with other dropout masks, so only a step-boundary checkpoint is exact.
+    ref = run(resolve(BASE))
+    with pytest.MonkeyPatch.context() as mp:
+        _sigint_after_forward(mp, 9)
+        with pytest.raises(KeyboardInterrupt):
+            run(resolve(BASE))
+    (cut,) = [d for d in runs_dir.iterdir() if d.name != ref["run_id"]]
+    rec = json.loads((cut / "record.json").read_text())
+    assert rec["status"] == "cancelled" and rec["last_checkpoint"]["step"] == 9  # step 9 ended
+    done = run(resolve(["resume=auto", *BASE]))
+    assert done["run_id"] == cut.name and done["steps"] == ref["steps"] == 60
+    assert done["metrics"] == ref["metrics"]
+    assert _losses(cut) == _losses(runs_dir / ref["run_id"])
+    pd = pytest.importorskip("pandas")
+    mine, theirs = (pd.read_parquet(d / "predictions.parquet") for d in (cut, runs_dir /
+                                                                          ref["run_id"]))
+    assert mine.equals(theirs)  # every test probability, bit for bit
+
+
+def test_an_interrupt_inside_a_step_keeps_the_last_boundary_checkpoint(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A KeyboardInterrupt that did not wait for the boundary (a second Ctrl-C) leaves the state
+    # mid-step: the cancel path must not save it; the last periodic checkpoint stays.
     _fail_at(monkeypatch, 9, "interrupt")
     with pytest.raises(KeyboardInterrupt):
         run(resolve(BASE))
     record, rec = _only_record()
-    assert rec["status"] == "cancelled" and rec["last_checkpoint"]["step"] == 8
+    assert rec["status"] == "cancelled" and rec["last_checkpoint"]["step"] == 5
     monkeypatch.undo()
     monkeypatch.setenv("RUNS_DIR", str(record.parent.parent))
     done = run(resolve([f"resume={rec['run_id']}", "progress=false"]))
@@ -162,3 +202,98 @@ def test_wandb_online_without_a_key_falls_back_to_offline(monkeypatch: pytest.Mo
     wb = rec["env"]["wandb"]
     assert wb["mode"] == "offline" and "online start" in wb["error"]
     assert list(Path(rec["record_path"]).parent.glob("wandb/offline-run-*/*.wandb"))
+
+
+def _crashed_run(monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
+    """A run that failed at step 8 with its checkpoint of step 5: something to resume."""
+    with pytest.MonkeyPatch.context() as mp:
+        _fail_at(mp, 8, "crash")
+        with pytest.raises(RuntimeError):
+            run(resolve(BASE))
+    record, rec = _only_record()
+    return record.parent, rec
+
+
+def test_a_second_writer_of_a_run_exits_2_naming_the_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.harness.lock import RUN_LOCK_FILE, FileLock
+
+    run_dir, _ = _crashed_run(monkeypatch)
+    before = (run_dir / "metrics.jsonl").read_text()
+    writer = FileLock(run_dir / RUN_LOCK_FILE)  # this process plays the run's running writer
+    assert writer.acquire()
+    try:
+        res = subprocess.run([sys.executable, "-m", "experiments.train", "resume=auto", *BASE],
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        writer.release()
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and f"pid {os.getpid()} on host" in lines[0]
+    assert (run_dir / "metrics.jsonl").read_text() == before  # the second writer wrote nothing
+    done = run(resolve(["resume=auto", *BASE]))  # once the writer is gone, resume works
+    assert done["status"] == "finished"
+
+
+def test_resume_with_keys_that_differ_from_the_run_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, rec = _crashed_run(monkeypatch)
+    before = (run_dir / "record.json").read_text()
+    with pytest.raises(UserError) as err:
+        run(resolve([f"resume={rec['run_id']}", "epochs=5", "lr=0.5"]))
+    assert "epochs=5" in str(err.value) and "lr=0.5" in str(err.value)
+    assert (run_dir / "record.json").read_text() == before
+    # Keys that only change how the run reports may change; keys equal to the run's are fine.
+    done = run(resolve([f"resume={rec['run_id']}", "progress=false", "wandb=disabled",
+                        "lr=1e-3", "method=full"]))
+    assert done["status"] == "finished" and done["config"]["epochs"] == 3
+
+
+def test_ctrl_c_before_the_record_exists_says_nothing_was_written(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        runs_dir: Path) -> None:
+    import experiments.train as train
+
+    def interrupted(cfg: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "load_data", interrupted)
+    assert train.main(BASE) == 130
+    err = capsys.readouterr().err
+    assert "nothing was written" in err and "record" not in err
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "read-only-fs"])
+def test_an_unwritable_runs_folder_fails_before_any_loading(
+        where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    import experiments.train as train
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    target = blocker / "runs" if where == "under-a-file" else Path("/proc/tunebench-runs")
+    monkeypatch.setenv("RUNS_DIR", str(target))
+    monkeypatch.setattr(train, "load_data", lambda cfg: pytest.fail("data loaded first"))
+    assert train.main(BASE) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: runs folder"), lines
+
+
+def test_a_full_disk_leaves_no_half_written_model(monkeypatch: pytest.MonkeyPatch,
+                                                  runs_dir: Path) -> None:
+    import errno
+
+    import safetensors.torch
+
+    def full_disk(tensors: object, filename: str, metadata: object = None) -> None:
+        Path(filename).write_bytes(b"\0" * 64)  # part of the file, then no space left
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run(resolve(["method=head", "model=tiny-bert", "train_size=64", "eval_size=32",
+                     "max_steps=2", "progress=false", "wandb=disabled"]))
+    (run_dir,) = runs_dir.iterdir()
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"
+    assert not (run_dir / ".model.tmp").exists() and not (run_dir / "model").exists()
