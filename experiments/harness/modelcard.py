@@ -82,7 +82,7 @@ def loading_lines(cfg: Config, folder: str, base: str, formats: dict[str, str],
                       f"{folder!r}).eval()"]
         else:
             lines += [f"model = AutoModel.from_pretrained({folder!r}).eval()"]
-        lines += [f"head = load_file({folder!r} + '/head.safetensors')"]
+        lines += [f"head = load_file({folder + '/head.safetensors'!r})"]
     lines += [f"tok = AutoTokenizer.from_pretrained({folder!r})", *_encode(cfg, pair),
               "with torch.no_grad():"]
     if native:
@@ -96,7 +96,8 @@ def loading_lines(cfg: Config, folder: str, base: str, formats: dict[str, str],
 
 
 def card(cfg: Config, model_info: dict[str, Any], label_names: list[str],
-         formats: dict[str, str], metrics: dict[str, float], pair: bool) -> str:
+         formats: dict[str, str], metrics: dict[str, float], pair: bool,
+         precision: str = "") -> str:
     """The README.md text of a model folder."""
     base = base_name(cfg, model_info)
     lines = ["---", "library_name: " + ("peft" if "peft" in formats else "transformers"),
@@ -105,7 +106,7 @@ def card(cfg: Config, model_info: dict[str, Any], label_names: list[str],
              f"# {cfg.method} on {cfg.data} ({base})", "",
              f"Trained by tunebench: method `{cfg.method}`, pooling `{cfg.pooling}`, "
              f"data `{cfg.data}` (text: `{cfg.text_column}`, label: `{cfg.label_column}`), "
-             f"seed {cfg.seed}, precision `{cfg.precision}`.", "",
+             f"seed {cfg.seed}, precision `{precision or cfg.precision}`.", "",
              "Labels: " + ", ".join(f"{i} = `{n}`" for i, n in enumerate(label_names)), "",
              "| test metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
