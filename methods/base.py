@@ -121,6 +121,48 @@ def method_spec(name: str, module: ModuleType) -> MethodSpec:
     check = vars(config).get("validate")
     if check is not None:
         _check_hook(name, "Config.validate", check)
-    doc = (inspect.getdoc(module) or "").split("\n", 1)[0]
+    doc = " ".join((inspect.getdoc(module) or "").split("\n\n", 1)[0].split())
     return MethodSpec(name=name, Config=config, PRESET=dict(preset), check_options=check,
                       doc=doc, **hooks)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One method option as `--help` shows it: `<method>.<name>`, its default and its doc."""
+
+    name: str
+    default: Any
+    doc: str
+
+
+def _field_comments(config: type) -> dict[str, str]:
+    """Each field's trailing `# ...` comment (and comment lines right under it), by name, from
+    the class sources of `config` and its bases: the option's doc lives beside its default."""
+    docs: dict[str, str] = {}
+    for cls in reversed(config.__mro__[:-1]):
+        try:
+            lines = inspect.getsource(cls).splitlines()
+        except (OSError, TypeError):  # defined where no source is kept (an interactive session)
+            continue
+        current = None
+        for line in lines[1:]:
+            code, _, comment = line.partition("  # ")
+            head = code.strip().split(":", 1)[0]
+            if code.strip() and head.isidentifier() and ":" in code:
+                current = head
+                docs[current] = comment.strip()
+            elif current and code.strip().startswith("# ") and docs.get(current):
+                docs[current] += " " + code.strip()[2:]
+            else:
+                current = None
+    return docs
+
+
+def options(spec: MethodSpec) -> list[Option]:
+    """The method's options with defaults and docs, from its `Config` dataclass alone."""
+    comments = _field_comments(spec.Config)
+    out = []
+    for f in dataclasses.fields(spec.Config):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append(Option(f.name, default, f.metadata.get("help") or comments.get(f.name, "")))
+    return out

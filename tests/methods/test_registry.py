@@ -71,3 +71,16 @@ def test_optional_hooks_are_none_and_a_well_shaped_hook_is_kept() -> None:
     assert spec.lr_scales is lr_scales and spec.prepare_data is None and spec.save is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.save = lr_scales  # type: ignore[misc]
+
+
+def test_help_lists_every_method_and_its_options_with_defaults() -> None:
+    from experiments.harness.config import describe, describe_methods
+
+    text = describe_methods()
+    for name, spec in METHODS.items():
+        assert f"  {name} " in text
+        for f in dataclasses.fields(spec.Config):
+            line = next(x for x in text.splitlines() if x.strip().startswith(f"{name}.{f.name} "))
+            assert str(f.default) in line and len(line.split()) > 2  # a default and a doc
+    method_line = next(x for x in describe().splitlines() if x.strip().startswith("method "))
+    assert all(name in method_line for name in METHODS)
