@@ -57,6 +57,12 @@ class LocalExecutor:
             run_one(job, runs_dir)
             report(job)
 
+    def drive(self, study: Any, storage: str, workers: int) -> None:
+        """A tuning study's trials as `workers` processes here (the tuner's own driver)."""
+        from experiments.tools.tune_workers import drive
+
+        drive(study, storage, workers)
+
 
 def import_ray() -> Any:
     """The ray module, or a UserError naming the install command."""

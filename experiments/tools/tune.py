@@ -43,6 +43,7 @@ from experiments.harness.config import (
     preset_path,
     resolve,
 )
+from experiments.tools.executors import make_executor
 from experiments.tools.tune_workers import drive, retry
 
 TRIALS = 12  # the same for every method
@@ -301,8 +302,9 @@ def default_presets(data: str, model: str, args: dict[str, str]) -> Path:
 
 
 def tune(method: str, data: str, model: str, args: dict[str, str], trials: int, workers: int,
-         seed: int, storage: str | None, presets: Path | None) -> int:
-    """Run (or continue) the study, widen while the best rate sits at an edge, write the pick."""
+         seed: int, storage: str | None, presets: Path | None, executor: Any = None) -> int:
+    """Run (or continue) the study, widen while the best rate sits at an edge, write the pick;
+    the executor (experiments/tools/executors.py) runs the trial processes, here by default."""
     from experiments.tools import tune_presets as P
 
     if trials < 1 or workers < 1:
@@ -313,7 +315,7 @@ def tune(method: str, data: str, model: str, args: dict[str, str], trials: int, 
     print(f"tune {study.study_name}: {study.user_attrs['target']} trials, {workers} at once, "
           f"storage {storage}", flush=True)
     while True:
-        drive(study, storage, workers)
+        (executor.drive if executor else drive)(study, storage, workers)
         if not maybe_widen(study, max(2, trials // 3)):
             break
     s = P.summary(study)
@@ -333,9 +335,10 @@ def tune(method: str, data: str, model: str, args: dict[str, str], trials: int, 
 
 FLAGS = {"data": True, "model": True, "trials": True, "workers": True, "seed": True,
          "storage": True, "presets": True, "trial": True, "cost": False, "write": True,
-         "help": False}
+         "executor": True, "help": False}
 USAGE = ("usage: python -m experiments.tools.tune METHOD [--data D] [--model X] [--trials N] "
-         "[--workers K] [--seed S] [--presets PATH] [--storage URL] [key=value ...]\n"
+         "[--workers K] [--seed S] [--presets PATH] [--storage URL] [--executor local|ray] "
+         "[key=value ...]\n"
          "       python -m experiments.tools.tune --cost [--write BENCHMARKS.md]\n"
          "       python -m experiments.tools.tune --trial STUDY --storage URL   (one trial)")
 
@@ -375,8 +378,9 @@ def _main(argv: list[str]) -> int:
     data = str(args.flag("data") or overrides.pop("data", "rotten_tomatoes"))
     model = str(args.flag("model") or overrides.pop("model", "minilm"))
     presets = Path(str(args.flag("presets"))) if args.flag("presets") else None
+    executor = make_executor(str(args.flag("executor") or "local"))  # no Ray: one line here
     return tune(method, data, model, overrides, _int(args, "trials", TRIALS),
-                _int(args, "workers", 1), _int(args, "seed", 0), storage, presets)
+                _int(args, "workers", 1), _int(args, "seed", 0), storage, presets, executor)
 
 
 def main(argv: list[str] | None = None) -> int:

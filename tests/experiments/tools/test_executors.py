@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from experiments.contract import record as R
 from experiments.tools import executors, suite
 
 REPO = Path(__file__).resolve().parents[3]
-RAY = REPO / ".venv" / "bin" / "ray"
+RAY = Path(sys.executable).parent / "ray"  # the CLI beside the Python that runs the tests
 # Tiny runs: the test is about placement, not training.
 TINY = "model=tiny-bert train_size=64 eval_size=32 max_steps=2 batch_size=16 save=none " \
        "progress=false wandb=disabled"
@@ -217,3 +218,29 @@ def test_a_trial_on_a_host_ray_lost_is_failed_and_queued_again() -> None:
     ray_ex._fail_trials_of_dead_nodes(study, lambda _s, number: retried.append(number))
     states = {t.number: t.state.name for t in study.trials}
     assert retried == [lost.number] and states == {lost.number: "FAIL", kept.number: "RUNNING"}
+
+
+def test_make_tune_trials_on_a_two_node_cluster(head: str, worker: int, tmp_path: Path,
+                                                runs_dir: Path) -> None:
+    """`make tune ... EXECUTOR=ray`: one study's trials run as Ray tasks on both nodes, each
+    trial once, and the pick is written."""
+    words = ["good fine great", "bad awful poor"]
+    rows = [f"{words[i % 2]} film number {i},{i % 2}" for i in range(200)]
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text,label\n" + "\n".join(rows) + "\n")
+    presets = tmp_path / "presets.yaml"
+    args = f"batch_size=16 eval_batch_size=64 max_length=32 --presets {presets}"
+    proc = subprocess.Popen(
+        ["make", "-s", "-o", ".venv/.stamp", "tune", "METHOD=lora", f"DATA={texts}",
+         "MODEL=tiny-bert", "TRIALS=4", "EXECUTOR=ray", f"ARGS={args}"], cwd=REPO,
+        env={**os.environ, **RAY_ENV, "RAY_ADDRESS": head}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    records = [json.loads(p.read_text()) for p in runs_dir.glob(f"*/{R.RECORD_FILE}")]
+    trials = Counter(r[R.TUNE]["trial"] for r in records if r.get(R.TUNE))
+    assert trials == {n: 1 for n in range(4)}, trials
+    env = [r[R.ENV] for r in records]
+    assert {e[R.EXECUTOR] for e in env} == {"ray"}
+    assert len({e[R.RAY_NODE_ID] for e in env}) == 2, "trials were not placed on both nodes"
+    assert presets.is_file()
