@@ -10,7 +10,6 @@ Splits we make are stratified and seeded with a constant, so they never change b
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 from collections import Counter
@@ -24,6 +23,7 @@ import pandas as pd
 from experiments.contract import record as R
 from experiments.harness.config import Config, UserError
 from experiments.inputs.backbones import hub_offline, package_dir
+from experiments.inputs.leakage import refuse_contained_splits, shared_between_splits
 
 SPLIT_SEED = 1234  # fixed: the split is part of the task, not of the run
 PAIR_COLUMN = "text_pair"  # a sentence pair's second text (text_column=first,second)
@@ -414,27 +414,3 @@ def load_data(cfg: Config) -> DataBundle:
     bundle.info["label_names"] = bundle.label_names
     return bundle
 
-
-def _texts(ds: Any) -> set[str]:
-    """A split's examples as comparable strings: every input column (not the label), stripped."""
-    names = ds.column_names if hasattr(ds, "column_names") else list(ds.columns)  # or a frame
-    cols = [c for c in names if c != "label"]
-    columns = [ds[c] for c in cols]
-    return {"\x1f".join(str(v).strip() for v in row) for row in zip(*columns, strict=True)}
-
-
-def shared_between_splits(splits: Any) -> dict[str, int]:
-    """How many distinct examples each pair of splits has in common ("train&test": n)."""
-    texts = {k: _texts(splits[k]) for k in splits}
-    return {f"{a}&{b}": len(texts[a] & texts[b])
-            for a, b in itertools.combinations(list(splits), 2)}
-
-
-def refuse_contained_splits(splits: Any, name: str) -> None:
-    """UserError when every example of a split is also in another: scores on it would measure
-    memory, not generalisation."""
-    texts = {k: _texts(splits[k]) for k in splits}
-    for a, b in itertools.permutations(list(splits), 2):
-        if texts[a] and texts[a] <= texts[b]:
-            raise UserError(f"{name}: every example of the {a} split ({len(texts[a])}) is also in "
-                            f"the {b} split; use a dataset whose splits are disjoint")
