@@ -7,7 +7,8 @@
 The run's model is rebuilt from `runs/<run_id>/model/`
 (`experiments.harness.artifacts.load_model`) on the backbone its record names, and run through
 the run's own evaluation path: its `max_length`, its precision on the device, its batching.
-Each text prints one line: `label<TAB>probability<TAB>text`. A missing run, a run without a
+Each text prints one line: `label<TAB>probability<TAB>text`. A run on sentence pairs
+(`text_column=a,b`) takes each pair as `first<TAB>second`. A missing run, a run without a
 saved model, or an empty FILE is one line on stderr and exit code 2.
 """
 
@@ -72,7 +73,8 @@ def predict_probs(model: torch.nn.Module, tokenizer: Any, texts: list[str], cfg:
     cfg.eval_batch_size = batch_size or cfg.eval_batch_size
     ctx = Context(device, precision or pick_precision(cfg.precision, device))
     model.to(device).eval()
-    rows = Dataset.from_dict({"text": texts, "label": [0] * len(texts)})  # labels unused
+    rows = Dataset.from_dict({**_columns(texts, cfg.text_column),
+                              "label": [0] * len(texts)})  # labels unused
     splits = tokenize({"predict": rows}, tokenizer, cfg.max_length)
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     spec = METHODS[cfg.method]
@@ -81,6 +83,18 @@ def predict_probs(model: torch.nn.Module, tokenizer: Any, texts: list[str], cfg:
     loader = eval_loader(splits["predict"], cfg.eval_batch_size, collate, ctx.dist,
                          torch.Generator())
     return evaluate(model, loader, ctx, model.num_labels).predictions.probs
+
+
+def _columns(texts: list[str], text_column: str) -> dict[str, list[str]]:
+    """The input columns: a run on sentence pairs (text_column=a,b) takes each pair as one text,
+    `first<TAB>second`."""
+    if len([c for c in text_column.split(",") if c.strip()]) < 2:
+        return {"text": texts}
+    halves = [t.split("\t", 1) for t in texts]
+    if any(len(h) != 2 for h in halves):
+        raise UserError(f"this run classifies sentence pairs ({text_column}); give each as "
+                        "first<TAB>second, e.g. TEXT=$'a fine film\\tthe film was fine'")
+    return {"text": [h[0] for h in halves], "text_pair": [h[1] for h in halves]}
 
 
 def _quiet_transformers() -> None:

@@ -108,3 +108,28 @@ def test_every_method_trains_on_pairs_with_f1_and_mcc(pair_csv: Path, runs_dir: 
     for key in (R.TEST_F1, R.TEST_MCC, R.VAL_F1, R.VAL_MCC):
         assert -1.0 <= metrics[key] <= 1.0, key
     assert R.TEST_MACRO_F1 not in metrics  # two classes: F1 of class 1
+
+
+def test_predict_takes_a_pair_as_first_tab_second(pair_csv: Path, runs_dir: Path) -> None:
+    """`make predict` on a pair run: each text is `first<TAB>second`, and the rebuilt model
+    gives the run's test probabilities; a text without the tab is one clear error."""
+    import numpy as np
+    import torch
+
+    from experiments.harness import artifacts
+    from experiments.tools.predict import predict_probs
+
+    record = run(resolve(["method=lora", "model=tiny-bert", f"data={pair_csv}",
+                          "text_column=sentence1,sentence2", "batch_size=16", "max_steps=2",
+                          "precision=fp32", "wandb=disabled", "progress=false"]))
+    run_dir = Path(record[R.RECORD_PATH]).parent
+    model, tok, manifest = artifacts.load_model(run_dir / R.MODEL_DIR)
+    cfg = artifacts.run_config(manifest)
+    test = load_data(cfg).splits["test"]
+    texts = [f"{a}\t{b}" for a, b in zip(test["text"], test["text_pair"], strict=True)]
+    probs = predict_probs(model, tok, texts, cfg, torch.device("cpu"))
+    saved = pd.read_parquet(run_dir / R.PREDICTIONS_FILE)
+    cols = [c for c in saved.columns if c.startswith(R.PRED_PROB_PREFIX)]
+    np.testing.assert_allclose(probs, saved[cols].to_numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(UserError, match="first<TAB>second"):
+        predict_probs(model, tok, ["no tab here"], cfg, torch.device("cpu"))
