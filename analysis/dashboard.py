@@ -28,27 +28,33 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import cli, paired, results
+from analysis import cli, orderings, paired, results
 from analysis.plots import figures, unmeasured
 from analysis.results import is_missing, number
 from analysis.style import RC, human_bytes, human_count, method_color
 from analysis.summary import COLUMNS as SUMMARY_COLUMNS
-from analysis.summary import notes, status_counts, summary_rows
+from analysis.summary import duplicate_notes, notes, status_counts, summary_rows
 from experiments.contract import record as R
 
 CAPTIONS = {
-    "accuracy_vs_params": "Test accuracy against trainable parameters (log scale); "
-                          "error bars are 95% t-intervals over seeds.",
+    "accuracy_vs_params": "Test accuracy against trainable parameters (log scale), each "
+                          "configuration named beside its point; error bars are 95% t-intervals "
+                          "over seeds.",
     "accuracy_vs_memory": "Test accuracy against the measured peak of a training step (live "
-                          "tensor bytes; horizontal bars: the range over seeds, whose batches "
-                          "differ); the dashed line is the Pareto frontier (no configuration "
-                          "uses less memory for more accuracy).",
+                          "tensor bytes; horizontal bars: the range over seeds). The dashed "
+                          "line is the Pareto frontier among configurations with the usual "
+                          "number of seeds (no such configuration uses less memory for more "
+                          "accuracy); a point marked n=1 is one seed and is not on it.",
+    "accuracy_vs_time": "Test accuracy against time to fit (training loop plus one-off "
+                        "preparation), with the Pareto frontier among configurations with the "
+                        "usual number of seeds.",
     "memory_breakdown": "Memory by category at the measured peak (or, for older records, the "
                         "ledger's counts), with the formula's prediction and the measured step "
                         "peak marked.",
     "time_throughput": "Time to fit (training loop plus one-off preparation) and training "
                        "throughput.",
-    "val_curves": "Validation accuracy over optimizer steps, mean over seeds with a ±1 std band.",
+    "val_curves": "Validation accuracy by epoch, one panel per method, mean over seeds with a "
+                  "±1 std band.",
     "accuracy_vs_rank": "Test accuracy against LoRA rank, with the best head and full "
                         "fine-tuning configurations as reference lines.",
 }
@@ -192,13 +198,20 @@ def summary_table(agg: pd.DataFrame) -> str:
 
 
 def paired_section(df: pd.DataFrame, agg: pd.DataFrame) -> str:
-    """The paired tests (analysis.paired) as a table with its note, or why there are none."""
-    found = paired.comparisons(df, agg)
-    if not found:
+    """The paired tests (analysis.paired: each configuration against full and the default
+    LoRA, Holm-adjusted) as a table with its note and the orderings, or why there are none."""
+    matrix = paired.comparisons(df, agg)
+    shown = paired.default_family(matrix, agg)
+    if not shown:
         return (f"<p class='meta'>No pair of configurations has per-example predictions "
                 f"({R.PREDICTIONS_FILE}) on the same test split.</p>")
-    return (html_table(paired.table_rows(found), paired.TABLE_COLUMNS, "paired")
-            + f"<p class='meta notes'>{html.escape(paired.note(found))}</p>")
+    lines = orderings.section(shown, orderings.seed_agreements(df, agg))[4:]
+    items = "".join(f"<li>{html.escape(line[2:]).replace('**', '')}</li>"
+                    for line in lines if line.startswith("- "))
+    csv = "" if len(matrix) == len(shown) else f" (every pair: {paired.MATRIX_CSV} from make plots)"
+    return (html_table(paired.table_rows(shown), paired.TABLE_COLUMNS, "paired")
+            + f"<p class='meta notes'>{html.escape(paired.note(shown) + csv)}</p>"
+            + f"<h3>Orderings the tests support</h3><ul class='meta notes'>{items}</ul>")
 
 
 def _figure_html(name: str, fig: Figure, agg: pd.DataFrame) -> str:
@@ -206,6 +219,8 @@ def _figure_html(name: str, fig: Figure, agg: pd.DataFrame) -> str:
     caption = CAPTIONS.get(name, name)
     if name == "accuracy_vs_memory" and unmeasured(agg):
         caption += " Configurations whose records predate the measured step are not placed."
+    if any(ax.get_xlabel() == "optimizer step" for ax in fig.axes):  # records without epochs
+        caption = caption.replace("by epoch", "by optimizer step")
     # Shown at 100 pixels per inch, the figures' own dpi: text at its point size, crisp where
     # the screen has more pixels than CSS does.
     w, h = round(width * 100 / FIGURE_DPI), round(height * 100 / FIGURE_DPI)
@@ -231,7 +246,8 @@ def build_html(df: pd.DataFrame, source: str = "", figs: dict[str, Figure] | Non
     methods = sorted(table[R.METHOD].dropna().unique())
     statuses = sorted(table[R.STATUS].dropna().astype(str).unique())
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes(df))
+    notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in [*notes(df),
+                                                                  *duplicate_notes(df)])
     # Values are inserted as they are: `$` inside them (a config value, the script) is not read
     # as a placeholder, only the page's own `$name`s are.
     return Template(template("dashboard.html")).substitute(

@@ -1,33 +1,27 @@
-"""Paired tests between configurations on the same test examples (`runs/<id>/predictions.parquet`).
+"""Paired comparisons between configurations on the same test examples (`predictions.parquet`).
 
 Two configurations tested on the same examples are compared example by example: what decides
-whether one is better is the examples they disagree on, which two accuracies and their seed
-intervals cannot show.
+whether one is better is the examples they disagree on, which two accuracies cannot show.
 
     from analysis import paired, results
     df = results.finished(results.load())
-    for c in paired.comparisons(df):
-        print(paired.sentence(c))        # lora vs full: -0.4 pt (95% CI -1.2 to +0.5), p = 0.41
+    found = paired.comparisons(df)                 # every pair, Holm over all of them
+    for c in paired.default_family(found, results.aggregate(df)):
+        print(paired.sentence(c))   # lora vs full: -0.9 pt (95% CI -2.1 to +0.3), p = 0.11 ...
 
-The statistics (per pair of configurations that share a test split, `record.TEST_SPLIT_KEYS`):
-  - the difference of accuracies, a - b, on their shared examples;
-  - McNemar's exact test: under "a and b are equally good", the examples only one of them gets
-    right are as likely to be a's as b's, so a's count is Binomial(discordant, 1/2)
-    (`scipy.stats.binomtest`); two-sided p;
-  - a 95% interval for the difference from a paired bootstrap: the test examples resampled with
-    replacement, the difference recomputed on each resample (`scipy.stats.bootstrap`,
-    percentile method, a fixed seed so reports do not change between renders).
-
-Seeds. A configuration with several seeds contributes every finished seed that wrote
-predictions: its per-example correctness is the share of those seeds that got the example
-right, and the difference is the difference of the mean accuracies the summary table shows.
-The unit of the test stays the test example: seeds that see the same example are not
-independent evidence about it, so they are averaged, never pooled as extra examples (pooling
-would shrink p with every seed added). With several seeds the per-example differences are
-fractions, and McNemar's test becomes its generalisation, the sign test: the examples a does
-better on, against those b does better on. With one seed each the two tests are the same.
-Seeds need not match between the configurations; a seed is one draw of the training noise,
-and seed 0 of lora has nothing in common with seed 0 of full.
+How a pair is tested (analysis.significance; docs/statistics.md says it for readers):
+  - one seed each: McNemar's exact test on the examples only one of them gets right, with the
+    Clopper-Pearson interval of the same binomial;
+  - two or more seeds each: seeds are paired (the same seed numbers where both have them, else
+    in order) and a t-test over seeds x examples is run on the per-example differences, so the
+    training seed is a unit of replication: a second seed that lands 1 point higher is noise
+    that the test must see, not 1,275 pieces of evidence;
+  - unequal seed counts: only matched seeds (the seed numbers both have; else the first ones)
+    are compared, and the table says which: a configuration's extra seeds would otherwise make
+    its mean less noisy than its rival's and the comparison lopsided.
+Each test gives its p-value and 95% interval from one procedure: they cannot disagree.
+Holm's correction is applied over the family shown (`default_family`, or every pair for the
+CSV), and a difference whose adjusted p is 0.05 or more is a tie, '≈'.
 """
 
 from __future__ import annotations
@@ -35,22 +29,25 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis import results
+from analysis.significance import holm, mcnemar, seeds_by_examples, verdict
 from experiments.contract import record as R
 from experiments.contract.record import col
 
-BOOTSTRAP_RESAMPLES = 2000  # the interval's ends move by ~0.1 pt between seeds at this count
-BOOTSTRAP_SEED = 0
 COLUMNS = (R.PRED_EXAMPLE, R.PRED_LABEL, R.PRED_PREDICTED)
+# The configurations every other one is compared with in the default table: full fine-tuning,
+# and LoRA at methods/lora.py's defaults (rank 8 on every linear layer; analysis does not import
+# methods/, which needs torch).
+REFERENCE_FULL = "full"
+DEFAULT_LORA = {col(R.CONFIG, "lora.rank"): 8, col(R.CONFIG, "lora.targets"): "all"}
+MATRIX_CSV = "paired_matrix.csv"
 Warn = Callable[[str], None]
 
 
@@ -67,17 +64,34 @@ class Comparison:
     hash_a: str
     hash_b: str
     n: int  # shared test examples
-    acc_a: float  # mean accuracy over seeds on those examples
+    acc_a: float  # mean accuracy over the seeds compared
     acc_b: float
     diff: float  # acc_a - acc_b
     better_a: int  # examples a gets right more often than b (one seed each: a right, b wrong)
     better_b: int
-    p_value: float  # McNemar's exact test (the sign test with several seeds), two-sided
-    ci_low: float  # paired bootstrap interval of diff
+    p_value: float  # two-sided, from `test`
+    ci_low: float  # 95% interval of diff, from the same test
     ci_high: float
-    seeds_a: int  # runs averaged per configuration
-    seeds_b: int
-    test: str  # "McNemar exact" or "sign test"
+    seeds_a: tuple[int, ...]  # the seeds each configuration has
+    seeds_b: tuple[int, ...]
+    used: tuple[tuple[int, int], ...]  # the seed pairs compared (a's seed, b's seed)
+    test: str  # "McNemar exact" or "seeds × examples t"
+    df: float = math.nan  # the t-test's degrees of freedom
+    p_adjusted: float = math.nan  # Holm over the family the comparison is shown in
+    family: int = 0  # that family's size
+
+    @property
+    def result(self) -> str:
+        """'>' or '<' (a against b) where the adjusted p is below 0.05, else '≈'."""
+        return verdict(self.diff, self.p_adjusted)
+
+    def flipped(self) -> Comparison:
+        """The same comparison read as b against a."""
+        return replace(self, a=self.b, b=self.a, hash_a=self.hash_b, hash_b=self.hash_a,
+                       acc_a=self.acc_b, acc_b=self.acc_a, diff=-self.diff,
+                       better_a=self.better_b, better_b=self.better_a, ci_low=-self.ci_high,
+                       ci_high=-self.ci_low, seeds_a=self.seeds_b, seeds_b=self.seeds_a,
+                       used=tuple((y, x) for x, y in self.used))
 
 
 def predictions_path(record_file: str | Path) -> Path:
@@ -101,69 +115,61 @@ def read_predictions(path: str | Path, warn: Warn = _stderr) -> pd.DataFrame | N
     return frame.set_index(R.PRED_EXAMPLE).sort_index()
 
 
-def _same_examples(x: pd.DataFrame, y: pd.DataFrame) -> bool:
-    """Whether two prediction frames hold the same examples with the same labels."""
-    return (np.array_equal(x.index.to_numpy(), y.index.to_numpy())
-            and np.array_equal(x[R.PRED_LABEL].to_numpy(), y[R.PRED_LABEL].to_numpy()))
+def correctness(runs: Mapping[int, pd.DataFrame] | Iterable[pd.DataFrame]) -> pd.DataFrame | None:
+    """Seeds' predictions -> 1.0/0.0 per example (rows: example and label) and seed (columns).
 
-
-def correctness(runs: Iterable[pd.DataFrame]) -> pd.DataFrame | None:
-    """The seeds' predictions -> per example: label, share of seeds correct (`correct`), `seeds`.
-
-    None when the seeds disagree on the examples or their labels (then they were not tested on
-    one split, and averaging them would mean nothing).
+    `runs` maps seed -> predictions (a plain list is numbered 0, 1, ...). None when the seeds
+    disagree on the examples or their labels: then they were not tested on one split.
     """
-    runs = list(runs)
+    runs = dict(runs) if isinstance(runs, Mapping) else dict(enumerate(runs))
     if not runs:
         return None
-    first = runs[0]
-    if not all(_same_examples(first, other) for other in runs[1:]):
-        return None
-    hits = np.mean([(r[R.PRED_PREDICTED] == r[R.PRED_LABEL]).to_numpy(float) for r in runs],
-                   axis=0)
-    return pd.DataFrame({R.PRED_LABEL: first[R.PRED_LABEL], "correct": hits,
-                         "seeds": len(runs)}, index=first.index)
+    frames = [runs[s] for s in sorted(runs)]
+    index = pd.MultiIndex.from_arrays([frames[0].index, frames[0][R.PRED_LABEL]])
+    columns = {}
+    for seed, frame in zip(sorted(runs), frames, strict=True):
+        if not index.equals(pd.MultiIndex.from_arrays([frame.index, frame[R.PRED_LABEL]])):
+            return None
+        columns[seed] = (frame[R.PRED_PREDICTED] == frame[R.PRED_LABEL]).to_numpy(float)
+    return pd.DataFrame(columns, index=index)
 
 
-def mcnemar_exact(better_a: int, better_b: int) -> float:
-    """Two-sided p of McNemar's exact test from the discordant counts (1 when there are none)."""
-    discordant = better_a + better_b
-    if discordant == 0:
-        return 1.0
-    return float(stats.binomtest(better_a, discordant, 0.5).pvalue)
-
-
-def paired_bootstrap(diffs: np.ndarray, confidence: float = 0.95,
-                     resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile interval of the mean per-example difference, examples resampled in pairs."""
-    diffs = np.asarray(diffs, dtype=float)
-    if len(diffs) < 2 or np.all(diffs == diffs[0]):  # no spread: the interval is the point
-        value = float(diffs.mean()) if len(diffs) else math.nan
-        return value, value
-    # random_state (not rng) so that every scipy from 1.11 takes it.
-    res = stats.bootstrap((diffs,), np.mean, n_resamples=resamples, vectorized=True,
-                          confidence_level=confidence, method="percentile",
-                          random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+def match_seeds(seeds_a: list[int], seeds_b: list[int]) -> list[tuple[int, int]]:
+    """The seed pairs to compare: all seeds when the counts are equal (same numbers together,
+    else in order); with unequal counts only the seed numbers both have, or the first ones."""
+    seeds_a, seeds_b = sorted(seeds_a), sorted(seeds_b)
+    if len(seeds_a) != len(seeds_b):
+        common = sorted(set(seeds_a) & set(seeds_b))
+        if common:
+            return [(s, s) for s in common]
+    if set(seeds_a) == set(seeds_b):
+        return [(s, s) for s in seeds_a]
+    return list(zip(seeds_a, seeds_b, strict=False))
 
 
 def compare(correct_a: pd.DataFrame, correct_b: pd.DataFrame, a: str = "a", b: str = "b",
             hash_a: str = "", hash_b: str = "") -> Comparison | None:
-    """The paired statistics of two `correctness` frames; None unless same examples and labels."""
-    if not _same_examples(correct_a, correct_b):
+    """The paired test of two `correctness` frames; None unless same examples and labels."""
+    if not correct_a.index.equals(correct_b.index):
         return None
-    d = correct_a["correct"].to_numpy() - correct_b["correct"].to_numpy()
-    better_a, better_b = int((d > 0).sum()), int((d < 0).sum())
-    low, high = paired_bootstrap(d)
-    seeds_a, seeds_b = int(correct_a["seeds"].iloc[0]), int(correct_b["seeds"].iloc[0])
+    used = match_seeds(list(correct_a.columns), list(correct_b.columns))
+    xa = correct_a[[s for s, _ in used]].to_numpy(float).T  # seed pairs x examples
+    xb = correct_b[[t for _, t in used]].to_numpy(float).T
+    d = xa - xb
+    mean_d = d.mean(axis=0)
+    better_a, better_b = int((mean_d > 0).sum()), int((mean_d < 0).sum())
+    n = d.shape[1]
+    if len(used) == 1:
+        res, test = mcnemar(better_a, better_b, n), "McNemar exact"
+    else:
+        res, test = seeds_by_examples(d), "seeds × examples t"
     return Comparison(
-        a=a, b=b, hash_a=hash_a, hash_b=hash_b, n=len(d),
-        acc_a=float(correct_a["correct"].mean()), acc_b=float(correct_b["correct"].mean()),
-        diff=float(d.mean()), better_a=better_a, better_b=better_b,
-        p_value=mcnemar_exact(better_a, better_b), ci_low=low, ci_high=high,
-        seeds_a=seeds_a, seeds_b=seeds_b,
-        test="McNemar exact" if seeds_a == seeds_b == 1 else "sign test")
+        a=a, b=b, hash_a=hash_a, hash_b=hash_b, n=n, acc_a=float(xa.mean()),
+        acc_b=float(xb.mean()), diff=res.diff, better_a=better_a, better_b=better_b,
+        p_value=res.p_value, ci_low=res.ci_low, ci_high=res.ci_high,
+        seeds_a=tuple(int(s) for s in correct_a.columns),
+        seeds_b=tuple(int(s) for s in correct_b.columns),
+        used=tuple((int(s), int(t)) for s, t in used), test=test, df=res.df)
 
 
 def split_key(row: pd.Series) -> tuple[str, ...]:
@@ -171,27 +177,53 @@ def split_key(row: pd.Series) -> tuple[str, ...]:
     return tuple(results.format_value(row.get(col(R.CONFIG, k))) for k in R.TEST_SPLIT_KEYS)
 
 
-def comparisons(df: pd.DataFrame, agg: pd.DataFrame | None = None,
-                warn: Warn = _stderr) -> list[Comparison]:
-    """Every pair of finished configurations that share a test split and wrote predictions.
+def seed_predictions(df: pd.DataFrame, chash: str,
+                     warn: Warn = _stderr) -> dict[int, pd.DataFrame]:
+    """seed -> predictions of a configuration's counted runs that wrote them."""
+    if results.RECORD_FILE not in df:  # W&B runs: no predictions files
+        return {}
+    runs = df[df[R.CONFIG_HASH] == chash]
+    out = {}
+    for i, (_, row) in enumerate(runs.iterrows()):
+        seed = results.number(row.get(results.SEED))
+        frame = read_predictions(predictions_path(row[results.RECORD_FILE]), warn)
+        if frame is not None:
+            out[i if math.isnan(seed) else int(seed)] = frame
+    return out
 
-    In the summary's order (`agg`, aggregated from df unless given): a is listed before b, and
-    a - b is reported.
-    """
-    df = results.finished(df)
+
+def scored(df: pd.DataFrame, agg: pd.DataFrame, warn: Warn = _stderr) -> dict[str, pd.DataFrame]:
+    """config_hash -> `correctness` of its seeds, for configurations with usable predictions."""
+    out: dict[str, pd.DataFrame] = {}
     if df.empty or results.RECORD_FILE not in df:
-        return []
-    agg = results.aggregate(df) if agg is None else agg
-    correct: dict[str, pd.DataFrame] = {}
+        return out
     for chash in agg[R.CONFIG_HASH]:
-        runs = [read_predictions(predictions_path(f), warn)
-                for f in df.loc[df[R.CONFIG_HASH] == chash, results.RECORD_FILE].dropna()]
-        found = correctness(r for r in runs if r is not None)
+        runs = seed_predictions(df, chash, warn)
+        found = correctness(runs)
         if found is not None:
-            correct[chash] = found
-        elif any(r is not None for r in runs):
+            out[chash] = found
+        elif runs:
             warn(f"warning: no paired tests for {chash}: its seeds' predictions cover "
                  "different examples or labels")
+    return out
+
+
+def with_holm(found: list[Comparison]) -> list[Comparison]:
+    """The comparisons with Holm-adjusted p-values over exactly this family."""
+    adjusted = holm([c.p_value for c in found])
+    return [replace(c, p_adjusted=p, family=len(found)) for c, p in zip(found, adjusted,
+                                                                         strict=True)]
+
+
+def comparisons(df: pd.DataFrame, agg: pd.DataFrame | None = None,
+                warn: Warn = _stderr) -> list[Comparison]:
+    """Every pair of finished configurations that share a test split and wrote predictions,
+    Holm-adjusted over all of them (the matrix). In the summary's order: a before b, a - b."""
+    df = results.finished(df)
+    if df.empty:
+        return []
+    agg = results.aggregate(df) if agg is None else agg
+    correct = scored(df, agg, warn)
     out = []
     rows = [row for _, row in agg.iterrows() if row[R.CONFIG_HASH] in correct]
     for ra, rb in itertools.combinations(rows, 2):
@@ -204,7 +236,43 @@ def comparisons(df: pd.DataFrame, agg: pd.DataFrame | None = None,
                  "settings but different test examples or labels in their predictions")
         else:
             out.append(found)
+    return with_holm(out)
+
+
+def references(agg: pd.DataFrame) -> list[str]:
+    """The config hashes of the default table's references: full fine-tuning and the default
+    LoRA (each the configuration with the most seeds; LoRA: at its default options if run)."""
+    out = []
+    for method, options in ((REFERENCE_FULL, {}), ("lora", DEFAULT_LORA)):
+        rows = agg[agg[R.METHOD] == method]
+        default = rows
+        for column, value in options.items():
+            if column in default:
+                default = default[default[column].map(results.format_value) == str(value)]
+        rows = default if len(default) else rows
+        if len(rows):
+            out.append(rows.loc[rows["n"].astype(int).idxmax(), R.CONFIG_HASH])
     return out
+
+
+def default_family(found: list[Comparison], agg: pd.DataFrame) -> list[Comparison]:
+    """The questions users ask: each configuration against full fine-tuning and against the
+    default LoRA (read as 'X vs reference'), Holm-adjusted over these. Every pair when neither
+    reference ran."""
+    refs = references(agg)
+    if not refs:
+        return with_holm(list(found))
+    order = {h: i for i, h in enumerate(agg[R.CONFIG_HASH])}
+    chosen: list[Comparison] = []
+    for ref in refs:
+        for c in found:
+            if ref not in (c.hash_a, c.hash_b) or any({c.hash_a, c.hash_b} == {x.hash_a, x.hash_b}
+                                                      for x in chosen):
+                continue
+            chosen.append(c if c.hash_b == ref else c.flipped())
+    chosen.sort(key=lambda c: (refs.index(c.hash_b) if c.hash_b in refs else len(refs),
+                               order.get(c.hash_a, 0)))
+    return with_holm(chosen)
 
 
 def format_p(p: float) -> str:
@@ -214,38 +282,84 @@ def format_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}" if p < 0.995 else "p = 1"
 
 
-def _pt(x: float) -> str:
+def signed_points(x: float) -> str:
     """Accuracy points with a sign: +1.2, -0.4, 0.0."""
     points = round(100 * x, 1)
     return "0.0" if points == 0 else f"{points:+.1f}"
 
 
 def sentence(c: Comparison) -> str:
-    """'lora vs full: -0.4 pt (95% CI -1.2 to +0.5), p = 0.41'."""
-    return (f"{c.a} vs {c.b}: {_pt(c.diff)} pt (95% CI {_pt(c.ci_low)} to {_pt(c.ci_high)}), "
+    """'lora vs full: -0.4 pt (95% CI -1.2 to +0.5), p = 0.41, Holm p = 1 (≈)'."""
+    low, high = signed_points(c.ci_low), signed_points(c.ci_high)
+    text = (f"{c.a} vs {c.b}: {signed_points(c.diff)} pt (95% CI {low} to {high}), "
             f"{format_p(c.p_value)}")
+    if not math.isnan(c.p_adjusted):
+        text += f", Holm {format_p(c.p_adjusted)} ({c.result})"
+    return text
 
 
-TABLE_COLUMNS = ("comparison", "difference (pt)", "95% CI (pt)", "p", "test examples",
-                 "better: a / b", "seeds", "test")
+def seeds_text(c: Comparison) -> str:
+    """'3, 3'; with unequal counts which seeds were matched: 'seed 0 only (of 3, 1)'."""
+    counts = f"{len(c.seeds_a)}, {len(c.seeds_b)}"
+    if len(c.used) == len(c.seeds_a) == len(c.seeds_b):
+        return counts
+    same = all(s == t for s, t in c.used)
+    names = ", ".join(str(s) if same else f"{s}/{t}" for s, t in c.used)
+    word = "seed" if len(c.used) == 1 else "seeds"
+    return f"matched {word} {names} only (of {counts})"
+
+
+def _p_cell(p: float) -> str:
+    return format_p(p).removeprefix("p ").removeprefix("= ")
+
+
+TABLE_COLUMNS = ("comparison", "difference (pt)", "95% CI (pt)", "p", "Holm p", "result",
+                 "seeds", "test")
 
 
 def table_rows(found: Iterable[Comparison]) -> list[dict[str, Any]]:
-    """The comparisons as table cells (for summary.md and the dashboard)."""
-    return [{"comparison": f"{c.a} vs {c.b}", "difference (pt)": _pt(c.diff),
-             "95% CI (pt)": f"{_pt(c.ci_low)} to {_pt(c.ci_high)}",
-             "p": format_p(c.p_value).removeprefix("p ").removeprefix("= "),
-             "test examples": f"{c.n:,}",
-             "better: a / b": f"{c.better_a} / {c.better_b}",
-             "seeds": f"{c.seeds_a}, {c.seeds_b}", "test": c.test} for c in found]
+    """The comparisons as table cells (for summary.md, RESULTS.md and the dashboard)."""
+    return [{"comparison": f"{c.a} vs {c.b}", "difference (pt)": signed_points(c.diff),
+             "95% CI (pt)": f"{signed_points(c.ci_low)} to {signed_points(c.ci_high)}",
+             "p": _p_cell(c.p_value), "Holm p": _p_cell(c.p_adjusted), "result": c.result,
+             "seeds": seeds_text(c), "test": c.test} for c in found]
 
 
-def note(found: list[Comparison]) -> str:
-    """How to read the paired table, for the summary's notes."""
-    return ("Paired comparisons: configurations with the same test split (data and eval_size), "
-            "scored example by example from each run's predictions.parquet. Difference = a - b "
-            "in accuracy points; 'better' counts the examples only one of them gets right "
-            "(with several seeds: right more often); p is McNemar's exact test on those "
-            "(with several seeds, the sign test on per-example accuracy averaged over seeds); "
-            f"the 95% CI is a paired bootstrap over test examples ({BOOTSTRAP_RESAMPLES:,} "
-            f"resamples). p-values are not corrected for the {len(found)} comparisons.")
+def note(shown: list[Comparison], matrix: list[Comparison] | None = None,
+         csv_name: str = MATRIX_CSV) -> str:
+    """How to read the paired table, for the notes under it."""
+    n = shown[0].n if shown else 0
+    text = (f"Paired comparisons on the same {n:,} test examples, from each run's "
+            f"{R.PREDICTIONS_FILE}; difference = a - b in accuracy points over the seeds "
+            "compared. One seed each: McNemar's exact test, with the exact (Clopper-Pearson) "
+            "interval of the same binomial. Several seeds: a t-test over seeds x test examples "
+            "(seed pairs and examples both random; Satterthwaite degrees of freedom), so seed "
+            "noise counts. Unequal seed counts: matched seeds only, named in 'seeds'. p and "
+            f"the 95% CI come from one test and agree. Holm p: adjusted over the {len(shown)} "
+            "comparisons of this table; 'result' is < or > where it is below 0.05, else ≈ "
+            "(a tie: these data do not order the two).")
+    if matrix is not None and len(matrix) > len(shown):
+        text += f" Every pair ({len(matrix)}, Holm over all of them): {csv_name}."
+    return text
+
+
+def matrix_frame(found: Iterable[Comparison]) -> pd.DataFrame:
+    """The comparisons as a table of numbers (the CSV of every pair)."""
+    return pd.DataFrame([{
+        "a": c.a, "b": c.b, "config_hash_a": c.hash_a, "config_hash_b": c.hash_b,
+        "test_examples": c.n, "acc_a": c.acc_a, "acc_b": c.acc_b, "diff": c.diff,
+        "ci95_low": c.ci_low, "ci95_high": c.ci_high, "p": c.p_value, "p_holm": c.p_adjusted,
+        "family": c.family, "result": c.result, "better_a": c.better_a, "better_b": c.better_b,
+        "seeds_a": " ".join(map(str, c.seeds_a)), "seeds_b": " ".join(map(str, c.seeds_b)),
+        "seed_pairs": " ".join(f"{s}/{t}" for s, t in c.used), "test": c.test, "df": c.df,
+    } for c in found])
+
+
+def write_matrix_csv(found: list[Comparison], path: Path) -> Path | None:
+    """Every pair's numbers as CSV (fixed precision, so a rerun writes the same bytes)."""
+    if not found:
+        path.unlink(missing_ok=True)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matrix_frame(found).to_csv(path, index=False, float_format="%.6g")
+    return path

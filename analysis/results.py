@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 from collections import Counter
@@ -28,13 +27,15 @@ import pandas as pd
 from scipy import stats
 
 from experiments.contract import record as R
-from experiments.contract.record import col, method_rank
+from experiments.contract.record import col, flatten, method_rank
 
 # Columns every view reads (flattened record keys).
 ACCURACY = col(R.METRICS, R.TEST_ACCURACY)
 VAL_ACCURACY = col(R.METRICS, R.VAL_ACCURACY)
 VAL_BEST = col(R.METRICS, R.VAL_BEST_ACCURACY)
 MACRO_F1 = col(R.METRICS, R.TEST_MACRO_F1)
+F1 = col(R.METRICS, R.TEST_F1)  # binary tasks: F1 of class 1
+MCC = col(R.METRICS, R.TEST_MCC)  # Matthews correlation (records from before it lack it)
 TRAINABLE = col(R.PARAMS, R.P_TRAINABLE)
 TOTAL = col(R.PARAMS, R.P_TOTAL)
 HEAD_PARAMS = col(R.PARAMS, R.P_HEAD)
@@ -69,11 +70,13 @@ GIT_COMMIT = col(R.ENV, R.GIT_COMMIT)
 # Columns analysis adds to each row: where it came from.
 SOURCE = "source"
 RECORD_FILE = "record_file"
+DUPLICATE_OF = "duplicate_of"  # the run_id that counts instead of this one (mark_duplicates)
 
 # What `aggregate` summarises across seeds (those present; older records lack the new memory
 # keys), plus every `memory.measured_at_peak.<category>` column.
 STAT_COLUMNS = (
-    ACCURACY, VAL_ACCURACY, VAL_BEST, MACRO_F1, MEASURED, MEASURED_STATE, WEIGHT_CASTS, CUDA_MAX,
+    ACCURACY, VAL_ACCURACY, VAL_BEST, MACRO_F1, F1, MCC, MEASURED, MEASURED_STATE, WEIGHT_CASTS,
+    CUDA_MAX,
     RSS_GROWTH, WEIGHTS, GRADS, OPTIMIZER, ACTIVATIONS, PREDICTED, TRAIN_S, PREPARE_S, FIT_S,
     EVAL_S, TOTAL_S, SAMPLES_PER_S,
 )
@@ -90,18 +93,6 @@ def number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):  # None, pd.NA, lists, words
         return math.nan
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are kept as values."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))  # an empty section adds no column
-        else:
-            out[name] = value
-    return out
 
 
 def read_record(path: Path, warn: Warn = _stderr) -> dict[str, Any] | None:
@@ -127,12 +118,37 @@ def read_record(path: Path, warn: Warn = _stderr) -> dict[str, Any] | None:
     return record
 
 
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _frame(rows: list[dict[str, Any]], warn: Warn = _stderr) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=[R.RUN_ID, R.METHOD, R.CONFIG_HASH, R.STATUS])
     df = df.sort_values(R.RUN_ID, kind="stable").reset_index(drop=True)
-    return with_derived(df)
+    return mark_duplicates(with_derived(df), warn)
+
+
+def mark_duplicates(df: pd.DataFrame, warn: Warn = _stderr) -> pd.DataFrame:
+    """Set DUPLICATE_OF on finished runs of a (config_hash, seed) that has a newer finished run.
+
+    A configuration's seeds are its replicates: the same seed run twice is one replicate
+    measured twice, and counting both would shrink its interval and fake a second seed. The
+    newest finished run counts (finished_at, then started_at, then run_id); the others are
+    named in one warning each and left out by `finished`.
+    """
+    df = df.assign(**{DUPLICATE_OF: None})
+    if df.empty or SEED not in df or R.STATUS not in df:
+        return df
+    done = df[(df[R.STATUS] == R.FINISHED) & df[SEED].notna()]
+    when = [c for c in (R.FINISHED_AT, R.STARTED_AT, R.RUN_ID) if c in done]
+    for (chash, seed), group in done.groupby([R.CONFIG_HASH, SEED], sort=False):
+        if len(group) < 2:
+            continue
+        newest = group.sort_values(when, kind="stable", na_position="first").index[-1]
+        kept = df.at[newest, R.RUN_ID]
+        for i in group.index.drop(newest):
+            df.at[i, DUPLICATE_OF] = kept
+            warn(f"warning: {df.at[i, R.RUN_ID]} duplicates {kept} (config {chash}, seed "
+                 f"{format_value(seed)}): counted once, as the newer run")
+    return df
 
 
 def load_records(runs_dir: str | Path | None = None, warn: Warn = _stderr) -> pd.DataFrame:
@@ -143,69 +159,15 @@ def load_records(runs_dir: str | Path | None = None, warn: Warn = _stderr) -> pd
         record = read_record(path, warn)
         if record is not None:
             rows.append({**flatten(record), SOURCE: "records", RECORD_FILE: str(path)})
-    return _frame(rows)
-
-
-_WANDB_STATUS = {"finished": R.FINISHED, "crashed": R.FAILED, "failed": R.FAILED,
-                 "killed": R.CANCELLED, "running": R.RUNNING}
-# Summary keys `<section>/<name>` that belong to a record section rather than to `metrics`.
-_SUMMARY_SECTIONS = (R.PARAMS, R.MEMORY, R.TIME)
-
-
-def _wandb_row(run: Any, history: bool) -> dict[str, Any]:
-    config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
-    summary = {k: v for k, v in dict(run.summary).items() if not k.startswith("_")}
-    row: dict[str, Any] = {
-        R.SCHEMA_KEY: R.SCHEMA, R.RUN_ID: run.name or run.id, R.METHOD: config.get(R.METHOD),
-        R.EXPERIMENT: getattr(run, "group", None) or config.get(R.METHOD),
-        R.CONFIG_HASH: config.pop(R.CONFIG_HASH, None) or run.id,
-        R.STATUS: _WANDB_STATUS.get(getattr(run, "state", ""), getattr(run, "state", None)),
-        **flatten(config, f"{R.CONFIG}."), SOURCE: "wandb",
-        col(R.ENV, col(R.WANDB, "path")): "/".join(getattr(run, "path", []) or []) or None,
-        col(R.ENV, col(R.WANDB, "url")): getattr(run, "url", None),
-    }
-    for key, value in summary.items():
-        if isinstance(value, dict):  # W&B keeps histograms and tables as dicts; not results
-            continue
-        section, _, name = key.partition("/")
-        row[col(section, name) if section in _SUMMARY_SECTIONS and name
-            else col(R.METRICS, key)] = value
-    if history:
-        rows = run.scan_history(keys=[R.VAL_ACCURACY])
-        row[R.VAL_HISTORY] = [{R.H_STEP: int(r["_step"]), R.H_ACCURACY: r[R.VAL_ACCURACY]}
-                              for r in rows if r.get(R.VAL_ACCURACY) is not None]
-    return row
+    return _frame(rows, warn)
 
 
 def load_wandb(entity: str | None = None, project: str | None = None, api: Any = None,
                history: bool = True, warn: Warn = _stderr) -> pd.DataFrame:
-    """The same columns from the W&B API (config, summary and, optionally, val curves).
+    """The same columns from the W&B API (analysis.wandb_runs: config, summary, val curves)."""
+    from analysis import wandb_runs  # imports this module: loaded on first use
 
-    W&B holds what the harness logs there: the config, the summary (accuracy, trainable and total
-    parameters, the `memory/*` entries, train time) and the logged curves. Record-only fields
-    (method_info, model, data, provenance, per-example predictions) are absent, and the views
-    skip what is missing.
-    """
-    entity = entity or os.environ.get("WANDB_ENTITY")
-    project = project or os.environ.get("WANDB_PROJECT") or "tunebench"
-    if api is None:
-        import wandb
-
-        api = wandb.Api()
-    path = f"{entity}/{project}" if entity else project
-    rows = []
-    for run in api.runs(path):
-        try:
-            row = _wandb_row(run, history)
-        except Exception as exc:  # one odd run (deleted, no config) must not hide the others
-            warn(f"warning: skipping W&B run {getattr(run, 'id', '?')}: "
-                 f"{type(exc).__name__}: {exc}")
-            continue
-        if not row.get(R.METHOD):
-            warn(f"warning: skipping W&B run {row[R.RUN_ID]}: no `method` in its config")
-            continue
-        rows.append(row)
-    return _frame(rows)
+    return wandb_runs.load_wandb(entity, project, api, history, warn)
 
 
 def load(source: str = "records", runs_dir: str | Path | None = None,
@@ -219,10 +181,21 @@ def load(source: str = "records", runs_dir: str | Path | None = None,
 
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:
-    """Only runs that finished (failed, cancelled and running ones have no final metrics)."""
+    """Only runs that finished (failed, cancelled and running ones have no final metrics),
+    one per (config_hash, seed): duplicates (`mark_duplicates`) are left out."""
     if df.empty or R.STATUS not in df:
         return df
-    return df[df[R.STATUS] == R.FINISHED].reset_index(drop=True)
+    keep = df[R.STATUS] == R.FINISHED
+    if DUPLICATE_OF in df:
+        keep &= df[DUPLICATE_OF].isna()
+    return df[keep].reset_index(drop=True)
+
+
+def duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs not counted because a newer run has their config_hash and seed."""
+    if DUPLICATE_OF not in df:
+        return df.iloc[0:0]
+    return df[df[DUPLICATE_OF].notna()].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- statistics across seeds

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import paired, results
+from analysis import orderings, paired, results
 from analysis.results import number
 from analysis.style import human_bytes, human_count
 from experiments.contract import record as R
@@ -44,6 +44,9 @@ def summary_rows(agg: pd.DataFrame) -> list[dict[str, str]]:
         rows.append({
             "method": str(row["label"]), "n": str(int(row["n"])),
             "test accuracy (%)": _pm(row, results.ACCURACY, 100),
+            "test F1 (%)": _pm(row, results.F1, 100),
+            "macro-F1 (%)": _pm(row, results.MACRO_F1, 100),
+            "test MCC": _pm(row, results.MCC, digits=3),
             "trainable params": human_count(trainable),
             "% of total": _pct(trainable, total),
             "predicted memory": human_bytes(row.get(results.PREDICTED)),
@@ -53,6 +56,15 @@ def summary_rows(agg: pd.DataFrame) -> list[dict[str, str]]:
             "throughput (ex/s)": _pm(row, results.SAMPLES_PER_S, digits=0),
         })
     return rows
+
+
+def _columns(rows: list[dict[str, str]]) -> tuple[str, ...]:
+    """The table's columns: F1, macro-F1 and MCC after accuracy where some run recorded them
+    (older records, like the published comparison's, did not)."""
+    extra = [c for c in ("test F1 (%)", "macro-F1 (%)", "test MCC")
+             if any(r.get(c, "—") != "—" for r in rows)]
+    at = COLUMNS.index("test accuracy (%)") + 1
+    return (*COLUMNS[:at], *extra, *COLUMNS[at:])
 
 
 def _cell(text: Any) -> str:
@@ -111,12 +123,14 @@ def notes(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def paired_markdown(found: list[paired.Comparison], n_configs: int) -> list[str]:
+def paired_markdown(shown: list[paired.Comparison], n_configs: int,
+                    matrix: list[paired.Comparison] | None = None,
+                    csv_name: str = paired.MATRIX_CSV) -> list[str]:
     """The 'Paired comparisons' section's lines: a table, or why there is none."""
     lines = ["## Paired comparisons (same test examples)", ""]
-    if found:
-        lines += [markdown_table(paired.table_rows(found), paired.TABLE_COLUMNS), "",
-                  f"- {paired.note(found)}"]
+    if shown:
+        lines += [markdown_table(paired.table_rows(shown), paired.TABLE_COLUMNS), "",
+                  f"- {paired.note(shown, matrix, csv_name)}"]
     elif n_configs > 1:
         lines.append(f"No pair of configurations has per-example predictions "
                      f"({R.PREDICTIONS_FILE}) on the same test split, so no paired test.")
@@ -125,10 +139,31 @@ def paired_markdown(found: list[paired.Comparison], n_configs: int) -> list[str]
     return [*lines, ""]
 
 
-def _body(df: pd.DataFrame, agg: pd.DataFrame) -> list[str]:
-    """What summary.md and RESULTS.md share: the table, how to read it, the paired tests."""
-    return [markdown_table(summary_rows(agg)), "", *[f"- {n}" for n in notes(df)], "",
-            *paired_markdown(paired.comparisons(df, agg), len(agg))]
+def duplicate_notes(df: pd.DataFrame) -> list[str]:
+    """One note per run left out because a newer run has its config_hash and seed."""
+    dup = results.duplicates(df)
+    return [f"Duplicate left out: {row[R.RUN_ID]} has the config_hash and seed of "
+            f"{row[results.DUPLICATE_OF]}, the newer finished run, which is the one counted."
+            for _, row in dup.iterrows()]
+
+
+def _body(df: pd.DataFrame, agg: pd.DataFrame, csv_path: Path, csv_ref: str,
+          orderings_section: bool = False) -> list[str]:
+    """What summary.md and RESULTS.md share: the table, how to read it, the paired tests (the
+    default family; every pair to csv_path), and for RESULTS.md the orderings they support."""
+    fin = results.finished(df)
+    matrix = paired.comparisons(fin, agg)
+    shown = paired.default_family(matrix, agg)
+    paired.write_matrix_csv(matrix, csv_path)
+    agreements = orderings.seed_agreements(fin, agg)
+    extra = [orderings.agreement_line(a) for a in agreements] if not orderings_section else []
+    rows = summary_rows(agg)
+    lines = [markdown_table(rows, _columns(rows)), "",
+             *[f"- {n}" for n in [*notes(df), *extra, *duplicate_notes(df)]], "",
+             *paired_markdown(shown, len(agg), matrix, csv_ref)]
+    if orderings_section and shown:
+        lines += orderings.section(shown, agreements)
+    return lines
 
 
 def write_summary(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
@@ -138,7 +173,8 @@ def write_summary(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
     lines = ["# tunebench: comparison summary", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
              f"{source or 'run records'}: {len(df)} runs ({status_counts(df)}); "
-             f"{len(agg)} configurations from the finished ones.", "", *_body(df, agg)]
+             f"{len(agg)} configurations from the finished ones.", "",
+             *_body(df, agg, reports_dir / paired.MATRIX_CSV, paired.MATRIX_CSV)]
     if images:
         lines += ["## Figures", ""]
         lines += [f"![{Path(name).stem}]({name})" for name in images]
@@ -170,7 +206,9 @@ def write_results_page(df: pd.DataFrame, agg: pd.DataFrame, reports_dir: Path,
              f"{_values(fin, col(R.CONFIG, R.C_MODEL))}; precision: {_values(fin, R.PRECISION)}.",
              f"- Machine: {_values(fin, col(R.ENV, R.DEVICE_NAME))}; torch "
              f"{_values(fin, col(R.ENV, R.TORCH_VERSION))}; code at commit "
-             f"{_values(fin, col(R.ENV, R.GIT_COMMIT))}.", "", *_body(df, agg)]
+             f"{_values(fin, col(R.ENV, R.GIT_COMMIT))}.", "",
+             *_body(df, agg, reports_dir / RESULTS_FIGURES / paired.MATRIX_CSV,
+                   f"{RESULTS_FIGURES}/{paired.MATRIX_CSV}", True)]
     findings = runs_dir / FINDINGS_FILE
     if findings.is_file():
         lines += ["## Findings", "", f"(Written by hand in `{runs_dir}/{FINDINGS_FILE}` from "

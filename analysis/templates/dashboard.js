@@ -57,6 +57,10 @@
   }
   [q, fm, fs].forEach(function (el) { el.addEventListener('input', filter); });
   filter();
+  // A tap on a figure switches it between its drawn size and the width of the screen.
+  Array.prototype.forEach.call(document.querySelectorAll('figure img'), function (img) {
+    img.addEventListener('click', function () { img.parentNode.classList.toggle('fit'); });
+  });
   document.body.dataset.ready = '1';  // lets a headless test tell that the script ran
   window.addEventListener('load', function () {  // and how many figures the browser decoded
     document.body.dataset.images = String(Array.prototype.filter.call(document.images,

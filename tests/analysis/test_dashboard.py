@@ -39,7 +39,7 @@ def test_page_is_self_contained_and_lists_every_run(page: Path, real_runs: Path)
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:|//)""", text)
     assert "<link" not in text and "@import" not in text and "<script src" not in text
     images = re.findall(r"<img [^>]*src='data:image/png;base64,", text)
-    assert len(images) == 5  # every basic plot; no rank sweep in these runs
+    assert len(images) == 6  # every basic plot; no rank sweep in these runs
     # Each run's config and provenance are in its details row.
     assert "<h4>Configuration</h4>" in text and "<h4>Provenance</h4>" in text
     assert "tiny-bert" in text and df["env.git_commit"].iloc[0] in text
@@ -127,7 +127,7 @@ def test_dashboard_renders_in_headless_chromium(page: Path, tmp_path: Path) -> N
     assert 'data-ready="1"' in html
     assert "4 of 4 runs shown" in html
     assert len(re.findall(r'<tr class="run ', html)) == 4
-    assert 'data-images="5"' in html  # every embedded figure decoded by the browser
+    assert 'data-images="6"' in html  # every embedded figure decoded by the browser
 
     shot = tmp_path / "dashboard.png"
     result = _browse(page, tmp_path, f"--screenshot={shot}")
@@ -174,3 +174,43 @@ def test_sorting_details_and_filters_work_in_chromium(page: Path, tmp_path: Path
     probe = json.loads(html.unescape(found.group(1)))
     assert probe == {"sort": "descending", "descending": True, "pairs": True, "opened": True,
                      "details": True, "shown": "2 of 4 runs shown", "visible": 2}
+
+
+# On a phone-sized window: what overflows, what stays in view, what a tap on a figure does.
+NARROW_PROBE = """<script>
+window.addEventListener('load', function () {
+  var out = {}, doc = document.documentElement;
+  out.pageFits = doc.scrollWidth <= window.innerWidth;
+  var figs = Array.prototype.slice.call(document.querySelectorAll('figure'));
+  out.framesFit = figs.every(function (f) { return f.getBoundingClientRect().width <= 390; });
+  var img = figs[0].querySelector('img');
+  out.drawnSize = img.getBoundingClientRect().width > 390;
+  out.stacked = figs[1].getBoundingClientRect().top >= figs[0].getBoundingClientRect().bottom;
+  img.click();
+  out.tapFits = img.getBoundingClientRect().width <= 390;
+  var first = document.querySelector('table.summary td');
+  out.sticky = getComputedStyle(first).position;
+  var box = document.querySelector('div.summary');
+  out.tableScrolls = box.scrollWidth > box.clientWidth;
+  parent.postMessage(JSON.stringify(out), '*');
+});
+</script></body>"""
+# Headless Chromium keeps a window at least 500 px wide; an iframe gives the page exactly 390.
+PHONE = """<!doctype html><html><body style="margin:0">
+<iframe src="narrow.html" width="390" height="3000" style="border:0"></iframe>
+<script>window.addEventListener('message', function (e) {
+  document.body.setAttribute('data-probe', e.data); });</script></body></html>"""
+
+
+def test_a_phone_sized_window_stacks_figures_and_keeps_the_method_column(
+        page: Path, tmp_path: Path) -> None:
+    (tmp_path / "narrow.html").write_text(page.read_text().replace("</body>", NARROW_PROBE))
+    phone = tmp_path / "phone.html"
+    phone.write_text(PHONE)
+    dom = _browse(phone, tmp_path, "--virtual-time-budget=5000", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, "the probe script did not run"
+    probe = json.loads(html.unescape(found.group(1)))
+    assert probe == {"pageFits": True, "framesFit": True, "drawnSize": True, "stacked": True,
+                     "tapFits": True, "sticky": "sticky", "tableScrolls": True}

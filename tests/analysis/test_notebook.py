@@ -26,7 +26,7 @@ def test_compare_notebook_executes(real_runs: Path, monkeypatch: pytest.MonkeyPa
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "4 runs (4 finished)" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 5  # the five figures these runs support, each shown once
+    assert len(images) == 6  # the six figures these runs support, each shown once
     assert "no LoRA rank sweep" in text
     tables = [o for o in outputs if "text/markdown" in o.get("data", {})]
     assert any("| head" in o["data"]["text/markdown"] for o in tables)

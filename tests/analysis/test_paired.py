@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import dashboard, paired, results, summary
+from analysis import dashboard, paired, results, significance, summary
 from experiments.contract import record as R
 
 
@@ -67,34 +67,46 @@ def test_a_large_known_discordance_gives_the_exact_binomial_p() -> None:
 
 
 def test_small_counts_and_balanced_disagreement() -> None:
-    assert paired.mcnemar_exact(3, 0) == pytest.approx(0.25)  # 2 * (1/2)^3
-    assert paired.mcnemar_exact(0, 0) == 1.0
-    assert paired.mcnemar_exact(5, 5) == pytest.approx(1.0)
+    assert significance.mcnemar(3, 0, 10).p_value == pytest.approx(0.25)  # 2 * (1/2)^3
+    assert significance.mcnemar(0, 0, 10).p_value == 1.0
+    assert significance.mcnemar(5, 5, 10).p_value == pytest.approx(1.0)
     labels, a, b = _outcomes(both=10, only_a=5, only_b=5, neither=10)
     c = paired.compare(_correct(labels, [a]), _correct(labels, [b]))
     assert c.diff == 0.0 and c.p_value == pytest.approx(1.0) and c.ci_low < 0 < c.ci_high
 
 
-def test_the_bootstrap_is_reproducible() -> None:
-    d = np.random.default_rng(3).choice([-1.0, 0.0, 1.0], size=200, p=[0.1, 0.75, 0.15])
-    assert paired.paired_bootstrap(d) == paired.paired_bootstrap(d)
-    low, high = paired.paired_bootstrap(d)
-    assert low < d.mean() < high
+def test_one_seed_each_interval_and_p_agree() -> None:
+    """McNemar's p and its Clopper-Pearson interval invert the same tails: p < 0.05 exactly
+    when the interval excludes 0, whatever the counts."""
+    for better_a in range(0, 30):
+        for better_b in (0, 3, 9, 17):
+            c = significance.mcnemar(better_a, better_b, 200)
+            assert (c.p_value < 0.05) == (c.ci_low > 0 or c.ci_high < 0), (better_a, better_b)
 
 
-def test_several_seeds_are_averaged_per_example_and_sign_tested() -> None:
+def test_unequal_seed_counts_compare_matched_seeds_only() -> None:
     labels = [1, 1, 1, 1, 0, 0]
-    a = _correct(labels, [[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 1]])  # 5/6 and 3/6 right
-    b = _correct(labels, [[1, 0, 0, 0, 0, 0]])  # 3/6 right
-    assert a["correct"].tolist() == [1.0, 1.0, 0.5, 0.0, 1.0, 0.5]
-    c = paired.compare(a, b)
-    # The difference is the difference of the mean accuracies over seeds, as the table shows.
-    assert c.diff == pytest.approx((5 / 6 + 3 / 6) / 2 - 3 / 6)
-    # Per example a - b = [0, 1, 0.5, 0, 0, -0.5]: a does better on two examples (one of them
-    # in half its seeds), b on one.
-    assert (c.better_a, c.better_b) == (2, 1)
-    assert c.test == "sign test" and (c.seeds_a, c.seeds_b) == (2, 1)
-    assert c.p_value == pytest.approx(1.0)  # 2 vs 1 of 3 is nothing
+    a = _correct(labels, [[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 1]])  # seeds 0, 1
+    b = _correct(labels, [[1, 0, 0, 0, 0, 0]])  # seed 0
+    assert a.columns.tolist() == [0, 1] and a[0].tolist() == [1, 1, 1, 0, 1, 1]
+    c = paired.compare(a, b, "a", "b")
+    # Only seed 0 of a meets b's seed 0: one run each, McNemar on 2 examples a alone gets right.
+    assert c.used == ((0, 0),) and c.test == "McNemar exact"
+    assert (c.better_a, c.better_b) == (2, 0) and c.diff == pytest.approx(2 / 6)
+    assert paired.seeds_text(c) == "matched seed 0 only (of 2, 1)"
+    assert paired.match_seeds([0, 1, 2], [5]) == [(0, 5)]  # no common seed: the first ones
+    assert paired.match_seeds([0, 1, 2], [3, 4, 5]) == [(0, 3), (1, 4), (2, 5)]
+
+
+def test_several_seeds_each_use_the_seeds_by_examples_test() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300).tolist()
+    runs = [np.where(rng.random(300) < q, labels, 1 - np.asarray(labels)).tolist()
+            for q in (0.80, 0.82, 0.78, 0.70, 0.71, 0.69)]
+    c = paired.compare(_correct(labels, runs[:3]), _correct(labels, runs[3:]))
+    assert c.test == "seeds × examples t" and len(c.used) == 3 and c.df >= 2
+    assert c.ci_low < c.diff < c.ci_high and (c.p_value < 0.05) == (c.ci_low > 0)
+    assert c.diff == pytest.approx(c.acc_a - c.acc_b)
 
 
 def test_seeds_of_different_splits_are_not_averaged() -> None:
@@ -137,8 +149,8 @@ def test_pairs_share_a_test_split_and_show_in_summary_and_dashboard(
     found = paired.comparisons(df)
     assert [(c.a, c.b) for c in found] == [("lora", "full")]
     c = found[0]
-    assert (c.better_a, c.better_b, c.seeds_a, c.seeds_b) == (15, 1, 2, 1)
-    assert c.test == "sign test"  # two seeds of lora: per-example shares, here all 0 or 1
+    assert (c.better_a, c.better_b, c.seeds_a, c.seeds_b) == (15, 1, (0, 1), (0,))
+    assert c.test == "McNemar exact" and c.used == ((0, 0),)  # lora's seed 0 meets full's
     assert c.p_value == pytest.approx(2 * (1 + 16) / 2**16)
     assert "warning" not in capsys.readouterr().err
 
@@ -147,9 +159,9 @@ def test_pairs_share_a_test_split_and_show_in_summary_and_dashboard(
     assert "## Paired comparisons (same test examples)" in out
     row = next(line for line in out.splitlines() if line.startswith("| lora vs full"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[:5] == ["lora vs full", "+23.3", cells[2], "< 0.001", "60"]
-    assert cells[5:] == ["15 / 1", "2, 1", "sign test"]
-    assert "not corrected for the 1 comparisons" in out
+    assert cells[:2] == ["lora vs full", "+23.3"] and cells[3:6] == ["< 0.001", "< 0.001", ">"]
+    assert cells[6:] == ["matched seed 0 only (of 2, 1)", "McNemar exact"]
+    assert "Holm p: adjusted over the 1 comparisons" in out
 
     page = dashboard.build_html(df, "test")
     assert "<td>lora vs full</td><td>+23.3</td>" in page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import matplotlib
@@ -17,11 +18,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 from analysis import plots, results  # noqa: E402
-from analysis.style import BytesLocator, Log2BytesLocator, human_bytes, method_color  # noqa: E402
+from analysis.style import (  # noqa: E402
+    BytesLocator,
+    Log2BytesLocator,
+    human_bytes,
+    method_color,
+    method_text_color,
+)
 from experiments.contract import record as R  # noqa: E402
 
-BASIC = ("accuracy_vs_params", "accuracy_vs_memory", "memory_breakdown", "time_throughput",
-         "val_curves")
+BASIC = ("accuracy_vs_params", "accuracy_vs_memory", "accuracy_vs_time", "memory_breakdown",
+         "time_throughput", "val_curves")
 
 
 def _texts(fig: Figure) -> list[tuple[str, object]]:
@@ -40,7 +47,8 @@ def _texts(fig: Figure) -> list[tuple[str, object]]:
                     if label.get_visible() and lo - slack <= tick.get_loc() <= hi + slack:
                         shown.append(label)
     others = [t for t in fig.findobj(Text) if id(t) not in tick_labels and t.get_visible()]
-    return [(t.get_text(), t.get_window_extent(renderer)) for t in shown + others
+    # Text.get_window_extent: a direct label's box without its leader line (Annotation adds it).
+    return [(t.get_text(), Text.get_window_extent(t, renderer)) for t in shown + others
             if t.get_text().strip()]
 
 
@@ -97,7 +105,9 @@ def test_real_runs_give_every_basic_plot_and_the_summary(real_runs: Path, tmp_pa
     # The paired test of the two, where the harness wrote per-example predictions.
     has_predictions = any(real_runs.glob(f"*/{R.PREDICTIONS_FILE}"))
     assert ("\n| head vs full | " in summary) == has_predictions
-    assert "| method | n | test accuracy (%) | trainable params | % of total |" in summary
+    # binary runs: F1 of class 1 and Matthews correlation beside accuracy
+    assert ("| method | n | test accuracy (%) | test F1 (%) | test MCC | trainable params | % of "
+            "total |") in summary
     assert "![val_curves](val_curves.png)" in summary
 
 
@@ -161,22 +171,59 @@ def test_no_text_overlaps_in_any_figure(sweep_runs: Path) -> None:
         plt.close(fig)
 
 
-def test_each_method_keeps_its_colour_across_figures(sweep_runs: Path) -> None:
+def test_each_method_keeps_its_hue_and_points_are_labelled_directly(sweep_runs: Path) -> None:
     agg = results.aggregate(results.finished(results.load_records(sweep_runs)))
     figs = plots.figures(agg)
-    for name in ("accuracy_vs_params", "accuracy_vs_memory", "val_curves"):
-        legend = figs[name].legends[0]
-        for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True):
-            method = text.get_text().split(" ")[0].rstrip(",")
-            if method in ("head", "full", "lora", "soft_prompt"):
-                color = handle.get_color() if hasattr(handle, "get_color") else None
-                color = color if color is not None else handle.lines[0].get_color()
-                assert to_hex(color) == to_hex(method_color(method)), (name, method)
+    labels = set(agg["label"])
+    for name in ("accuracy_vs_params", "accuracy_vs_memory", "accuracy_vs_time"):
+        ax = figs[name].axes[0]
+        # Each configuration is named beside its point, in its method's text colour; the
+        # legend holds at most the frontier, never one entry per configuration.
+        named = {t.get_text().split(" (n=")[0]: t for t in ax.texts}
+        placed = labels - ({"soft_prompt", "embedding"} if name == "accuracy_vs_memory"
+                           else set())
+        assert set(named) == placed, name
+        for label, text in named.items():
+            method = label.split(" ")[0]
+            assert to_hex(text.get_color()) == to_hex(method_text_color(method)), (name, label)
+        assert len(figs[name].legends[0].get_texts()) <= 1
+    # The LoRA variants: one hue, each its own shade and marker.
+    styles = plots.variant_styles(agg)
+    lora = [styles[h] for h in agg.loc[agg["method"] == "lora", "config_hash"]]
+    assert len({c for c, _, _ in lora}) == len({m for _, m, _ in lora}) == len(lora) == 6
+    legend = figs["val_curves"].legends[0]
+    for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True):
+        method = text.get_text().split(" ")[0].rstrip(",")
+        if method in ("head", "full", "soft_prompt"):  # one configuration: the method's colour
+            assert to_hex(handle.get_color()) == to_hex(method_color(method)), method
     ticks = figs["memory_breakdown"].axes[0].get_yticklabels()
     tick_colors = {t.get_text(): to_hex(t.get_color()) for t in ticks}
     assert tick_colors["head"] == to_hex(method_color("head"))
     for fig in figs.values():
         plt.close(fig)
+
+
+def test_the_frontier_joins_only_configurations_with_the_usual_seed_count(
+        runs_copy: Path, make_record, ledger) -> None:  # noqa: ANN001
+    """A one-seed configuration that happens to be cheap and lucky is drawn, labelled n=1,
+    but the frontier (over the 2-seed configurations here) does not run through it."""
+    make_record(runs_copy, "lora", 0, 0.99, config={"lora": {"rank": 2}},
+                memory=ledger(1000, 10))
+    for method in ("head", "full"):
+        for path in runs_copy.glob(f"*{method}*/record.json"):
+            rec = json.loads(path.read_text())
+            rec[R.MEMORY] = ledger(1_000_000, 1000 if method == "head" else 1_000_000)
+            path.write_text(json.dumps(rec))
+    agg = results.aggregate(results.finished(results.load_records(runs_copy)))
+    fig = plots.accuracy_vs_memory(agg)
+    ax = fig.axes[0]
+    frontier = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+    lucky = float(agg.loc[agg["method"] == "lora", results.MEASURED].iloc[0])
+    assert lucky not in set(frontier.get_xdata())
+    assert "Pareto frontier of the 2-seed configurations" in [
+        t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.get_text() == "lora (n=1)" for t in ax.texts)
+    plt.close(fig)
 
 
 def test_pareto_front() -> None:

@@ -240,3 +240,35 @@ def test_wandb_project_defaults_and_broken_runs(monkeypatch: pytest.MonkeyPatch,
 def test_unknown_source_is_refused() -> None:
     with pytest.raises(ValueError, match="records"):
         results.load(source="csv")
+
+
+def test_a_duplicated_config_and_seed_counts_once_with_a_warning(
+        runs_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The same config and seed run twice is one replicate: the newer finished run counts,
+    the other is named as a duplicate (in a warning and in summary.md), and n stays 2."""
+    import shutil
+
+    from analysis import plots
+
+    original = sorted(runs_copy.glob("*full*/record.json"))[0]
+    copy = runs_copy / f"{original.parent.name}-again"
+    shutil.copytree(original.parent, copy)
+    rec = json.loads((copy / "record.json").read_text())
+    rec["run_id"] = copy.name
+    rec["finished_at"] = "2099-01-01T00:00:00Z"
+    (copy / "record.json").write_text(json.dumps(rec))
+
+    df = results.load_records(runs_copy)
+    err = capsys.readouterr().err
+    assert f"warning: {original.parent.name} duplicates {copy.name}" in err
+    assert len(df) == 5 and len(results.finished(df)) == 4
+    assert list(results.duplicates(df)["run_id"]) == [original.parent.name]
+    agg = results.aggregate(results.finished(df))
+    assert agg.set_index("method").loc["full", "n"] == 2
+    assert copy.name in agg.set_index("method").loc["full", "run_ids"]
+
+    assert plots.main([str(runs_copy), "--reports-dir", str(tmp_path / "r")]) == 0
+    assert "duplicates" in capsys.readouterr().err  # make plots warns
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "| full | 2 |" in summary
+    assert f"Duplicate left out: {original.parent.name}" in summary
