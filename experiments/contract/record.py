@@ -221,7 +221,7 @@ MODEL_DIR = "model"
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FILES = "files"  # {path relative to the run folder: size in bytes}
 ARTIFACT_TOTAL_BYTES = "total_bytes"
-ARTIFACT_FORMATS = "formats"  # {what: path relative to the run folder}, e.g. peft: model/peft
+ARTIFACT_FORMATS = "formats"  # {what: path relative to the run folder}, e.g. peft: model/.
 
 # data.*: how the splits were made, and what was dropped before splitting.
 D_SPLIT = "split"
