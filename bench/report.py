@@ -289,7 +289,18 @@ def write_markdown(res: dict[str, Any], path: Path, figures: list[Path],
     if "profile" in secs:
         lines += _profile(secs["profile"])
     lines += HOW + [f"Raw samples: `{os.path.relpath(json_path, path.parent)}`.", ""]
-    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines) + _kept_section(path))
+
+
+def _kept_section(path: Path) -> str:
+    """The tuning-cost section `python -m experiments.tools.tune --cost` keeps in this file:
+    it comes from the tuner's studies, not from a bench run, so a bench run carries it over."""
+    text = path.read_text() if path.is_file() else ""
+    start = text.find(TUNING_HEADING)
+    return "\n" + text[start:].rstrip("\n") + "\n" if start >= 0 else ""
+
+
+TUNING_HEADING = "## Tuning cost"
 
 
 def figures(res: dict[str, Any], out_dir: Path) -> list[Path]:

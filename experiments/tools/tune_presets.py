@@ -67,7 +67,8 @@ def entry(study: optuna.Study, interior: bool, storage: str) -> dict[str, Any]:
             "metric": "val/best_accuracy (the state the run selects)",
             "best_trial": best.number, "best_run": best.user_attrs.get("run_id"),
             "seed": spec["seed"], "sampler": study.user_attrs["sampler"],
-            "pruner": study.user_attrs["pruner"], "budget": spec["args"],
+            "pruner": study.user_attrs["pruner"],
+            "budget": {k: yaml.safe_load(str(v)) for k, v in spec["args"].items()},
             "study": study.study_name, "storage": storage,
             "machine_s": s["machine_s"], "full_run_s": s["full_run_s"],
             "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import optuna
 import psutil
@@ -49,9 +50,11 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 
 def retry(study: optuna.Study, number: int) -> None:
     """Queue a failed trial again: same parameters, its reports so far."""
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY,
-                                                             inherit_intermediate_values=True)
-    retry(study, study.trials[number])
+    with warnings.catch_warnings():  # experimental in name only: stable since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        again = optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY,
+                                                                 inherit_intermediate_values=True)
+        again(study, study.trials[number])
 
 
 def _states(study: optuna.Study) -> dict[str, int]:
