@@ -32,6 +32,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from experiments.harness.provenance import git_info
+
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ".gpu"
 MAX_BUNDLE_BYTES = 60 * 2**20  # the issue's budget: leaves 4 MiB of the 64 for the tree
@@ -88,21 +90,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def git_state(root: Path = ROOT) -> dict[str, Any]:
-    """The commit and dirty flag of the tree that is bundled (the device sees no .git)."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                 timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": bool(status) if status is not None else None}
 
 
 def write_minilm(src: Path, dst: Path) -> dict[str, Any]:
@@ -225,7 +212,7 @@ def build(out: Path = ROOT / BUNDLE, wheels: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True)
     manifest: dict[str, Any] = {
         "schema": 1, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **git_state(), "device_python": DEVICE_PYTHON,
+        **git_info(ROOT, timeout=30), "device_python": DEVICE_PYTHON,
         "built_with": {"python": sys.version.split()[0], "torch": torch.__version__,
                        "transformers": transformers.__version__},
         "packages": {p: importlib.metadata.version(p) for p in

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 SCHEMA = 1
 # The record versions readers understand; a newer one is skipped with a warning, not misread.
@@ -117,9 +118,11 @@ OPTIMIZER_IMPL = "optimizer_impl"
 MEASURED_MAX = "measured_max"  # each category's own maximum over the step
 MEASURED_AT_STATE_PEAK = "measured_at_state_peak"  # each category at the state peak
 OPTIMIZER_TEMPORARIES = "optimizer_temporaries_at_state_peak"  # the largest, how each was made
-MEASURED_STEP = "measured_step"  # which step of the process was measured (1-based)
+MEASURED_STEP = "measured_step"  # training steps of the process before the measured one
 MEASURED_STEP_S = "measured_step_s"  # that step's wall time, measurement included
-MEASURED_BATCH = "measured_batch"  # the measured batch's tensor shapes
+MEASURED_BATCH = "measured_batch"  # [rows, tokens] of the canonical batch the step measured
+MEASURED_BATCH_SHAPES = "measured_batch_shapes"  # that batch's tensor shapes, by input name
+MEASURED_BATCH_RULE = "measured_batch_rule"  # how the canonical shape was chosen
 CUDA_VS_MEASURED = "cuda_vs_measured"  # cuda_max_allocated_bytes / measured_peak_bytes
 CUDA_RUN_MAX_ALLOCATED_BYTES = "cuda_run_max_allocated_bytes"  # over the whole run
 CUDA_RUN_MAX_RESERVED_BYTES = "cuda_run_max_reserved_bytes"
@@ -199,6 +202,19 @@ def runs_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 def reports_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where figures and summaries go: the explicit folder, else $REPORTS_DIR, else ./reports."""
     return Path(explicit or os.environ.get("REPORTS_DIR") or "reports")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested sections as dotted keys (a record's columns, a
+    config's `method.option` keys); lists and scalars are kept as values."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))  # an empty section adds no column
+        else:
+            out[name] = value
+    return out
 
 
 def method_rank(method: str) -> tuple[int, str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from experiments.contract import record
+from experiments.contract.record import flatten  # the inverse of `to_dict`
 from methods import METHODS
 from methods.base import MethodError, options
 
@@ -204,17 +205,6 @@ def _set(obj: Any, key: str, name: str, raw: Any) -> None:
     if name not in names:
         raise UserError(f"unknown config key {key!r}; known keys: {', '.join(names)}")
     setattr(obj, name, coerce(key, raw, hints[name]))
-
-
-def flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of `to_dict`: method options back to `method.option` keys."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
 
 
 def resolve(args: list[str] | dict[str, Any]) -> Config:

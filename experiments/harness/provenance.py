@@ -21,12 +21,12 @@ def new_run_id(method: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{method}-{secrets.token_hex(3)}"
 
 
-def git_info() -> dict[str, Any]:
-    """The commit and dirty flag of the code that ran (None outside a git checkout)."""
+def git_info(root: Path = REPO_ROOT, timeout: float = 10) -> dict[str, Any]:
+    """The commit and dirty flag of the checkout at `root` (None outside a git checkout)."""
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                                 timeout=10)
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                 timeout=timeout)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return out.stdout.strip() if out.returncode == 0 else None

@@ -367,15 +367,6 @@ def _describe(func: Any, t: torch.Tensor) -> str:
     return f"{getattr(func, '__name__', func)} -> {dtype}{list(t.shape)}"
 
 
-def live_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the tensors' storages, each storage once (a hand count for tests)."""
-    seen: dict[int, int] = {}
-    for t in tensors:
-        for st in _storages(t):
-            seen[id(st)] = int(st.nbytes())
-    return sum(seen.values())
-
-
 def iter_batch(batch: dict[str, Any]) -> Iterator[torch.Tensor]:
     """The tensors of a batch dict."""
     return (v for v in batch.values() if isinstance(v, torch.Tensor))
