@@ -1,8 +1,7 @@
-"""Suites and sweeps: many runs of the one harness, resumable, then plots and a summary.
+"""Suites: many runs of the one harness, resumable, then plots and a summary (tuning: tune.py).
 
     make suite SUITE=quick          # python -m experiments.tools.suite quick
     make suite SUITE=quick DRY=1    # list what would run
-    make sweep METHOD=lora          # python -m experiments.tools.suite --sweep lora
     make suite SUITE=quick EXECUTOR=ray   # every run as a Ray task (docs/distributed.md)
 
 A suite file (`experiments/suites/<name>.yaml`) lists experiments (a name, a method and the
@@ -27,15 +26,13 @@ from typing import Any
 import yaml
 
 from experiments.contract import record as R
-from experiments.contract.io import atomic_write_json
 from experiments.harness.cli import EXIT_FAILED, EXIT_OK, run_main, split
 from experiments.harness.config import UserError, config_hash, parse_overrides, resolve
 from experiments.harness.lock import claim_job
 from experiments.tools.executors import LocalExecutor, make_executor
 
-HERE = Path(__file__).resolve().parents[1]  # experiments/: suites/ and sweeps/ live there
+HERE = Path(__file__).resolve().parents[1]  # experiments/: suites/ lives there
 SUITES_DIR = HERE / "suites"
-SWEEPS_DIR = HERE / "sweeps"
 
 
 @dataclass
@@ -217,46 +214,16 @@ def regenerate_reports(runs_dir: Path) -> bool:
     return ok
 
 
-def load_sweep(method: str) -> tuple[list[Job], dict[str, Any]]:
-    """Jobs for the W&B sweep file of a method, expanded locally as a grid."""
-    spec = _read_yaml(SWEEPS_DIR / f"{method}.yaml", "sweep")
-    params = spec.get("parameters", {})
-    fixed = {k: v["value"] for k, v in params.items() if "value" in v}
-    grid = {k: v["values"] for k, v in params.items() if "values" in v}
-    jobs = []
-    for values in itertools.product(*grid.values()):
-        point = dict(zip(grid, values, strict=True))
-        tag = ",".join(f"{k}={v}" for k, v in point.items())
-        jobs.append(Job(f"sweep-{method}:{tag}", {**fixed, **point}, 0))
-    metric = spec.get("metric", {}).get("name", f"{R.VAL_ACCURACY}")
-    return jobs, {"metric": metric, "grid": grid}
-
-
-def choose(jobs: list[Job], metric: str, grid: dict[str, Any]) -> dict[str, Any]:
-    """The grid point with the best validation metric (never test)."""
-    if not metric.startswith("val/"):
-        raise UserError(f"sweeps choose by validation only; metric {metric!r} is not val/*")
-    scored = [(j.detail[R.METRICS][metric], j) for j in jobs
-              if j.status in ("done", "finished") and metric in j.detail.get(R.METRICS, {})]
-    if not scored:
-        raise UserError("no sweep run finished; nothing to choose from")
-    best_score, best = max(scored, key=lambda t: t[0])
-    return {"metric": metric, "value": best_score,
-            "preset": {k: best.overrides[k] for k in grid},
-            "candidates": [{**{k: j.overrides[k] for k in grid}, metric: s} for s, j in scored]}
-
-
-FLAGS = {"sweep": True, "dry": False, "no-reports": False, "seeds": True, "executor": True,
+FLAGS = {"dry": False, "no-reports": False, "seeds": True, "executor": True,
          "help": False}
 USAGE = ("usage: python -m experiments.tools.suite [SUITE] [--dry] [--no-reports] [--seeds 0,1] "
          "[--executor local|ray] [key=value ...]\n"
-         "       python -m experiments.tools.suite --sweep METHOD [--dry] [key=value ...]\n"
          "SUITE: a name in experiments/suites/ (smoke, quick, paper) or a YAML path; key=value "
          "overrides apply to every run (e.g. device=cpu)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: a suite name (or --sweep METHOD), flags, and key=value overrides."""
+    """Command line: a suite name, flags, and key=value overrides."""
     return run_main(lambda: _main(sys.argv[1:] if argv is None else argv))
 
 
@@ -268,21 +235,6 @@ def _main(argv: list[str]) -> int:
     extra = parse_overrides(args.overrides)
     runs_dir = R.runs_dir()
     dry = bool(args.flag("dry"))
-    sweep = args.flag("sweep")
-    if sweep:
-        jobs, spec = load_sweep(str(sweep))
-        executor = make_executor(_executor_name(args.flag("executor"), dry))
-        jobs = run_suite(with_overrides(jobs, extra), runs_dir, f"sweep-{sweep}", dry=dry,
-                         executor=executor)
-        if dry:
-            return EXIT_OK
-        print(table(jobs))
-        choice = choose(jobs, spec["metric"], spec["grid"])
-        out = R.reports_dir() / f"preset-{sweep}.json"
-        atomic_write_json(out, {"method": sweep, **choice})
-        print(f"proposed PRESET for {sweep}: {choice['preset']} "
-              f"({choice['metric']}={choice['value']:.4f}); written to {out}")
-        return EXIT_OK
     suite = args.positionals[0] if args.positionals else "smoke"
     jobs = with_overrides(load_suite(suite), extra)
     if args.flag("seeds") is not None:  # e.g. --seeds 0: every experiment's first seed first

@@ -1,4 +1,4 @@
-"""Suites: expansion, resumable skip logic, failures recorded, sweeps choose on validation."""
+"""Suites: expansion, resumable skip logic, failures recorded."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def _suite_file(tmp_path: Path, experiments: list[dict], seeds: list[int]) -> st
     return str(path)
 
 
-def test_committed_suites_and_sweeps_resolve() -> None:
-    """Every committed suite and sweep file parses and every config in it is valid."""
+def test_committed_suites_resolve() -> None:
+    """Every committed suite file parses and every config in it is valid."""
     for path in sorted(suite.SUITES_DIR.glob("*.yaml")):
         jobs = suite.plan(suite.load_suite(path.stem), Path("/nonexistent"))
         assert jobs and all(j.hash for j in jobs)
@@ -37,14 +37,6 @@ def test_committed_suites_and_sweeps_resolve() -> None:
     paper = suite.load_suite("paper")
     ranks = sorted({j.overrides["lora.rank"] for j in paper if "lora.rank" in j.overrides})
     assert ranks == [1, 2, 4, 8, 16, 32, 64]
-    sizes = {}
-    for path in sorted(suite.SWEEPS_DIR.glob("*.yaml")):
-        jobs, spec = suite.load_sweep(path.stem)
-        assert spec["metric"] == "val/accuracy" and len(jobs) >= 3
-        suite.plan(jobs, Path("/nonexistent"))
-        sizes[path.stem] = len(spec["grid"]["lr"])
-    # The same tuning budget for every method: a learning-rate grid of the same size.
-    assert len(set(sizes.values())) == 1, sizes
 
 
 def test_the_committed_comparison_is_what_its_suite_runs_with_equal_budgets() -> None:
@@ -99,23 +91,6 @@ def test_bad_suite_is_one_line() -> None:
     known = "paper, precision, precision-subsample, published, quick, smoke"
     with pytest.raises(UserError, match=f"known: {known}"):
         suite.load_suite("nosuch")
-
-
-def test_sweep_chooses_on_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     runs_dir: Path) -> None:
-    sweeps = tmp_path / "sweeps"
-    sweeps.mkdir()
-    (sweeps / "full.yaml").write_text(
-        "method: grid\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n"
-        + "".join(f"  {k}: {{value: {str(v).lower()}}}\n" for k, v in TINY.items())
-        + "  method: {value: full}\n  lr: {values: [1.0e-5, 1.0e-2]}\n")
-    monkeypatch.setattr(suite, "SWEEPS_DIR", sweeps)
-    monkeypatch.setenv("REPORTS_DIR", str(tmp_path / "reports"))
-    assert suite.main(["--sweep", "full"]) == 0
-    proposal = json.loads((tmp_path / "reports" / "preset-full.json").read_text())
-    assert proposal["metric"] == "val/accuracy" and len(proposal["candidates"]) == 2
-    best = max(proposal["candidates"], key=lambda c: c["val/accuracy"])
-    assert proposal["preset"] == {"lr": best["lr"]}
 
 
 @pytest.mark.slow
