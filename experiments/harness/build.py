@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from experiments.harness import recompute
 from experiments.harness.config import Config, UserError, method_errors
 from experiments.inputs.backbones import load_backbone
 from methods import METHODS
@@ -57,6 +58,8 @@ def build_model(cfg: Config, num_labels: int, *, source: str | None = None,
     else:
         with method_errors():
             method_info = dict(spec.apply(model, cfg.method_cfg) or {})
+    if cfg.activation_checkpointing:  # the backbone recomputes its blocks in the backward
+        method_info.update(recompute.enable(model, cfg.method))
     if saved is not None:
         if spec.load is not None:
             with method_errors():

@@ -18,6 +18,7 @@ RUNS = {
     "lora-8bit": ["method=lora", "optimizer_impl=adamw8bit"],
     "full": ["method=full"],
     "full-8bit": ["method=full", "optimizer_impl=adamw8bit"],
+    "lora-ckpt": ["method=lora", "activation_checkpointing=true"],
 }
 
 
@@ -62,3 +63,11 @@ def test_8bit_adam_state_is_about_2_bytes_per_parameter(levers: dict[str, dict[s
     assert full["optimizer_bytes"] == 8 * full["N"]
     assert eight["optimizer_bytes"] < 0.6 * full["optimizer_bytes"]
     assert eight["grads_bytes"] == full["grads_bytes"]
+
+
+def test_checkpointing_lowers_the_activations_only(levers: dict[str, dict[str, Any]]) -> None:
+    """Activation checkpointing: the activations held for backward fall, the state stays."""
+    plain, ckpt = levers["lora"], levers["lora-ckpt"]
+    assert ckpt["activations_peak_bytes"] < 0.5 * plain["activations_peak_bytes"]
+    assert ckpt["predicted_bytes"] == plain["predicted_bytes"]
+    assert ckpt["measured_state_peak_bytes"] == plain["measured_state_peak_bytes"]
