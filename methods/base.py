@@ -118,7 +118,7 @@ def method_spec(name: str, module: ModuleType) -> MethodSpec:
     hooks = {h: found[h] for h in HOOK_PARAMS if h in found}
     for hook, fn in hooks.items():
         _check_hook(name, hook, fn)
-    check = vars(config).get("validate")
+    check = getattr(config, "validate", None)  # inherited too (DoRA's is LoRA's)
     if check is not None:
         _check_hook(name, "Config.validate", check)
     doc = " ".join((inspect.getdoc(module) or "").split("\n\n", 1)[0].split())

@@ -35,8 +35,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from methods.base import MethodError
-from methods.lora import block_path, layer_role, linear_layers, select_targets
 from methods.model import param_split
+from methods.targets import block_path, layer_role, linear_layers, select_targets
 
 # A few thousand multipliers around 1 need a large step (the paper: 3e-3 with Adafactor). Chosen
 # on a rotten_tomatoes subsample (1 epoch): validation 0.698 at 3e-3, 0.776 at 1e-2, 0.768 at

@@ -84,3 +84,7 @@ def test_help_lists_every_method_and_its_options_with_defaults() -> None:
             assert str(f.default) in line and len(line.split()) > 2  # a default and a doc
     method_line = next(x for x in describe().splitlines() if x.strip().startswith("method "))
     assert all(name in method_line for name in METHODS)
+
+
+def test_an_inherited_validate_is_the_spec_check() -> None:
+    assert METHODS["dora"].check_options is METHODS["lora"].check_options is not None
