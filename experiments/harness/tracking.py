@@ -221,8 +221,10 @@ class Tracker:
         name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"model-{self.name}")
         artifact = wandb.Artifact(name, type="model", metadata={
             R.RUN_ID: self.run_id, R.METRICS: record.get(R.METRICS, {})})
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):  # add_dir would print
-            artifact.add_file(str(path), name=str(path.relative_to(folder)))
+        # File by file (add_dir prints a line); immutable: the folder does not change after the
+        # run, so W&B references the files instead of copying them into its staging area.
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            artifact.add_file(str(path), name=str(path.relative_to(folder)), policy="immutable")
         self.wandb.log_artifact(artifact)
 
 
