@@ -83,8 +83,9 @@ clean: ## remove .venv, caches and build files (keeps runs/ and reports/)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: memory
-memory: $(STAMP) ## a few steps of every method on the embedded model: memory table + runs/memory_table.csv
+memory: $(STAMP) ## a few steps of every method, then each memory lever (docs/memory-levers.md): tables + CSVs in runs/, figures in reports/
 	$(BIN)/python -m experiments.tools.memory_table $(call qw,ARGS)
+	$(BIN)/python -m experiments.tools.levers_table $(call qw,ARGS)
 
 .PHONY: notebook
 notebook: $(STAMP) ## open analysis/compare.ipynb in JupyterLab from .venv (ARGS="--no-browser" on a server)
