@@ -193,11 +193,18 @@ class RayExecutor:
                 storage = str(Path(storage).resolve())
             args = (study.study_name, storage, str(R.runs_dir().resolve()))
             inflight: list[Any] = []
+            bad = 0  # trial processes in a row that exited non-zero or died
             while True:
                 if inflight:
                     done, inflight = self.ray.wait(inflight, num_returns=len(inflight),
                                                    timeout=1.0)
-                    self._trials_ended(done)
+                    bad = self._trials_ended(done, bad)
+                # Nodes that cannot start a trial at all must not make this loop resubmit
+                # forever; the tuner then reports what the study has.
+                if bad >= cap + MAX_RETRIES:
+                    print(f"error: {bad} trial processes in a row failed; see their output "
+                          f"above and the Ray logs", file=sys.stderr, flush=True)
+                    return
                 W.fail_dead_trials(study)  # trial processes of this host that died
                 self._fail_trials_of_dead_nodes(study, W.retry)
                 running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -220,15 +227,19 @@ class RayExecutor:
                                                           ("GPU", "num_gpus")) if options[o]]
         return max(1, int(min(fits, default=1)))
 
-    def _trials_ended(self, refs: list[Any]) -> None:
-        """Say how each ended trial's task went (a dead node's trial is requeued elsewhere)."""
+    def _trials_ended(self, refs: list[Any], bad: int) -> int:
+        """Say which ended trial tasks went wrong; the count of bad ones in a row."""
         for ref in refs:
             try:
                 code = self.ray.get(ref)
-                print(f"ray: a trial process exited {code}", flush=True)
             except self.ray.exceptions.RayError as exc:
-                print(f"ray: a trial's task died ({type(exc).__name__}); its trial is queued "
-                      f"again", flush=True)
+                code = f"lost ({type(exc).__name__}); its trial is queued again"
+            if code == 0:
+                bad = 0
+            else:
+                bad += 1
+                print(f"ray: a trial process exited {code}", flush=True)
+        return bad
 
     def _fail_trials_of_dead_nodes(self, study: Any, retry: Callable[[Any, int], None]) -> None:
         """Running trials on hosts Ray has lost (a journal file has no heartbeat): failed and

@@ -237,10 +237,40 @@ def test_make_tune_trials_on_a_two_node_cluster(head: str, worker: int, tmp_path
         stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    records = [json.loads(p.read_text()) for p in runs_dir.glob(f"*/{R.RECORD_FILE}")]
+    # the tuner keeps its trials' runs in a folder of their own under the runs folder
+    records = [json.loads(p.read_text()) for p in runs_dir.rglob(R.RECORD_FILE)]
     trials = Counter(r[R.TUNE]["trial"] for r in records if r.get(R.TUNE))
     assert trials == {n: 1 for n in range(4)}, trials
     env = [r[R.ENV] for r in records]
     assert {e[R.EXECUTOR] for e in env} == {"ray"}
     assert len({e[R.RAY_NODE_ID] for e in env}) == 2, "trials were not placed on both nodes"
     assert presets.is_file()
+
+
+def test_trial_tasks_that_all_fail_stop_the_driver(capsys: pytest.CaptureFixture) -> None:
+    """Nodes where no trial process can start (each exits 1 before asking for a trial) stop
+    the driver after a few, rather than resubmitting forever."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("ray")
+
+    class FakeRay:  # Ray's calls the driver makes; every task ends at once with exit code 1
+        exceptions = type("E", (), {"RayError": RuntimeError})
+
+        def __getattr__(self, name: str) -> Any:
+            return {"init": lambda **_: None, "shutdown": lambda: None, "nodes": lambda: [],
+                    "cluster_resources": lambda: {"CPU": 2.0}, "get": lambda _ref: 1,
+                    "wait": lambda refs, **_: (refs, [])}[name]
+
+        def remote(self, *_: Any) -> FakeRay:
+            return self
+
+        def options(self, **_: Any) -> FakeRay:
+            return self
+
+    study = optuna.create_study()
+    study.set_user_attr("target", 3)
+    ray_ex = executors.RayExecutor()
+    ray_ex.ray = FakeRay()
+    ray_ex.drive(study, "study.journal", 1)
+    err = capsys.readouterr().err
+    assert "trial processes in a row failed" in err and study.trials == [], err
