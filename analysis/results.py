@@ -95,7 +95,7 @@ def number(value: Any) -> float:
         return math.nan
 
 
-def read_record(path: Path, warn: Warn = _stderr) -> dict[str, Any] | None:
+def read_record(path: Path, warn: Warn = _stderr) -> R.Record | None:
     """One record as a dict, or None (after one warning line) if it cannot be used."""
     try:
         record = json.loads(Path(path).read_text())

@@ -95,7 +95,7 @@ class Setup:
     bundle: DataBundle
     splits: dict[str, Any]
     collate: Any
-    record: dict[str, Any]
+    record: R.Record
     run_dir: Path
     tracker: Tracker | NullTracker
 
@@ -200,14 +200,14 @@ def resumed_run(cfg: Config, runs_dir: Path
 
 
 def new_record(cfg: Config, ctx: Context, run_id: str, built: Built,
-               bundle: DataBundle) -> dict[str, Any]:
+               bundle: DataBundle) -> R.Record:
     """The record of a run that starts now: what it is, before any result."""
-    return {R.SCHEMA_KEY: R.SCHEMA, R.RUN_ID: run_id, R.METHOD: cfg.method,
+    return R.Record({R.SCHEMA_KEY: R.SCHEMA, R.RUN_ID: run_id, R.METHOD: cfg.method,
             R.EXPERIMENT: cfg.experiment_name(), R.CONFIG_HASH: config_hash(cfg),
             R.STATUS: R.RUNNING, R.STARTED_AT: _now(), R.CONFIG: to_dict(cfg),
             R.METHOD_INFO: built.method_info, R.MODEL: built.model_info, R.DATA: bundle.info,
             R.PRECISION: ctx.precision, R.PARAMS: param_split(built.model), R.METRICS: {},
-            R.MEMORY: {}, R.TIME: {}, R.ENV: environment(ctx.device), R.PRESET: preset_record(cfg)}
+            R.MEMORY: {}, R.TIME: {}, R.ENV: environment(ctx.device), R.PRESET: preset_record(cfg)})
 
 
 def preset_record(cfg: Config) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def save(job: Setup, loop: Loop) -> None:
     record[R.STATUS] = R.FINISHED
 
 
-def summary_line(record: dict[str, Any]) -> str:
+def summary_line(record: R.Record) -> str:
     """The one line a user reads at the end of a run."""
     p, m, mem = record[R.PARAMS], record[R.METRICS], record[R.MEMORY]
     pct = 100 * p[R.P_TRAINABLE] / max(1, p[R.P_TOTAL])

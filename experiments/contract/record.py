@@ -19,8 +19,10 @@ Layout (one JSON object; `schema` says which version):
 from __future__ import annotations
 
 import os
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 SCHEMA = 1
 # The record versions readers understand; a newer one is skipped with a warning, not misread.
@@ -282,3 +284,45 @@ ACTIVATION_CHECKPOINTING = "activation_checkpointing"  # a config key and memory
 # above, for several classes) and Matthews correlation for every task (CoLA's metric).
 TEST_F1, VAL_F1 = "test/f1", "val/f1"
 TEST_MCC, VAL_MCC = "test/mcc", "val/mcc"
+
+# The record as types: the harness builds these (`experiments.train.new_record`, the loop's
+# metrics and time) and readers annotate with them; on disk it is the same JSON. Every section
+# is total=False: an unfinished run has no results yet, and later versions of the harness add
+# keys (a reader `.get`s what older records may lack). Memory, config, data, model and env stay
+# open mappings: their keys are the constants above, too many and too variable to enumerate.
+Params = TypedDict("Params", {P_TOTAL: int, P_TRAINABLE: int, P_HEAD: int, P_EMBEDDING: int,
+                              P_ADAPTER: int, P_BACKBONE: int}, total=False)
+Metrics = TypedDict("Metrics", {TEST_ACCURACY: float, TEST_MACRO_F1: float, TEST_N: int,
+                                TEST_F1: float, TEST_MCC: float, VAL_ACCURACY: float,
+                                VAL_BEST_ACCURACY: float, VAL_MACRO_F1: float, VAL_F1: float,
+                                VAL_MCC: float, TRAIN_LOSS_FINAL: float}, total=False)
+Time = TypedDict("Time", {TRAIN_S: float, EVAL_S: float, PREPARE_S: float, TOTAL_S: float,
+                          SAMPLES_PER_S: float}, total=False)
+ValPoint = TypedDict("ValPoint", {H_STEP: int, H_ACCURACY: float}, total=False)
+Section = dict[str, Any]
+Record = TypedDict("Record", {
+    SCHEMA_KEY: int, RUN_ID: str, METHOD: str, EXPERIMENT: str, CONFIG_HASH: str, STATUS: str,
+    STARTED_AT: str, FINISHED_AT: str, ERROR: "str | None", RECORD_PATH: str,
+    FAILED_AT_STEP: int, LAST_CHECKPOINT: "Section | None", RESUMED: list[Section],
+    CONFIG: Section, METHOD_INFO: Section, MODEL: Section, DATA: Section, ENV: Section,
+    DIST: Section, PRECISION: str, PARAMS: Params, METRICS: Metrics, MEMORY: Section,
+    TIME: Time, VAL_HISTORY: list[ValPoint], STEPS: int, EPOCHS: float, ARTIFACTS: Section,
+    PRESET: Section, SELECTED_STEP: int, SELECTION: str, TEST_EVALUATED: bool,
+    PRUNED_AT_STEP: int, TUNE: Section}, total=False)
+
+# What each typed section holds, for `type_errors`: (section key, its TypedDict).
+TYPED_SECTIONS = ((PARAMS, Params), (METRICS, Metrics), (TIME, Time))
+
+
+def type_errors(record: Mapping[str, Any]) -> list[str]:
+    """Where a record's typed sections hold a value of another type (a number where a number
+    belongs: ints count as floats; None is a missing value); [] for a well-formed record."""
+    errors = []
+    for section, kind in TYPED_SECTIONS:
+        values = record.get(section) or {}
+        for key, want in typing.get_type_hints(kind).items():
+            value = values.get(key)
+            number = want in (int, float) and isinstance(value, int | float)
+            if value is not None and not number and not isinstance(value, want):
+                errors.append(f"{section}.{key}={value!r} is not {want.__name__}")
+    return errors
