@@ -37,6 +37,7 @@ from experiments.harness.step import (
     warmup_linear,
 )
 from experiments.harness.tracking import EPOCH_KEY, bars_shown
+from experiments.memory import canonical
 from experiments.memory.ledger import (
     DevicePeak,
     FirstStepProbe,
@@ -114,6 +115,7 @@ class Loop:
         self.scheduler: Any = None
         self.order: EpochOrder | None = None
         self.probe: Any = None
+        self.canonical_length = 0  # tokens of the batch the memory step measures (_loaders)
         self.steps_per_epoch = 0  # known once the loaders exist
         self.best = BestState()
         self.observe = observe
@@ -171,7 +173,9 @@ class Loop:
     def _loaders(self, splits: dict[str, Any], collate: Any) -> Loaders:
         """This rank's slice of every global batch, in the seeded (length-grouped) order."""
         cfg, dist = self.cfg, self.ctx.dist
-        lengths = token_lengths(splits["train"]) if cfg.group_by_length else None
+        all_lengths = token_lengths(splits["train"])
+        self.canonical_length = canonical.canonical_length(all_lengths, cfg.max_length)
+        lengths = all_lengths if cfg.group_by_length else None
         order = EpochOrder(len(splits["train"]), cfg.batch_size, cfg.seed, dist.rank, dist.world,
                            lengths=lengths, group=cfg.group_by_length)
         self.order = order
@@ -193,9 +197,9 @@ class Loop:
         cfg, p, total = self.cfg, self.progress, loaders.total
         self.steps_per_epoch = loaders.steps_per_epoch  # validation logs its epoch for W&B
         trainable = [q for q in self.model.parameters() if q.requires_grad]
-        # The ledger on the first step; one whole step measured by category (the second, so
-        # the optimizer state exists when it begins; experiments.memory.memtrack).
-        self.probe = FirstStepProbe(self.model, self.optimizer, steps_left=total - p.step)
+        # The ledger on the first step; after it, one extra step on the canonical batch shape
+        # measured by category and undone (experiments.memory.canonical, memtrack).
+        self.probe = FirstStepProbe(self.model, self.optimizer)
         bar = tqdm(total=total, initial=p.step, desc=cfg.method,
                    disable=not bars_shown(cfg.progress), dynamic_ncols=True, file=sys.stderr)
         self.model.train()
@@ -203,6 +207,8 @@ class Loop:
             loaders.order.set_position(p.epoch, p.batch_in_epoch)
             for batch in loaders.train:
                 self._step(batch, trainable, loaders)
+                if self.probe.meter is None:  # after the process's first step: state exists
+                    self._measure_canonical(batch, trainable)
                 bar.update(1)
                 bar.set_postfix(loss=f"{p.loss_value:.4f}",
                                 ex_s=f"{p.samples / max(p.train_s, 1e-9):.0f}")
@@ -220,6 +226,25 @@ class Loop:
             self.save_checkpoint()
             self.interrupt.at_boundary(self.ctx.dist, self.ctx.device)
         bar.close()
+
+    def _measure_canonical(self, batch: dict[str, torch.Tensor],
+                           trainable: list[torch.Tensor]) -> None:
+        """The memory measurement: one extra step on rows x `canonical_length` tokens built from
+        this batch, undone after, so every method and seed is measured on the same shape."""
+        cfg, ctx = self.cfg, self.ctx
+        rows = max(1, cfg.batch_size // ctx.dist.world)
+        shaped = ctx.to_device(canonical.canonical_batch(batch, rows, self.canonical_length))
+
+        def step(b: dict[str, torch.Tensor]) -> None:
+            forward_backward(self.model, b, ctx)
+            apply_update(self.optimizer, trainable, cfg.max_grad_norm)
+
+        meter = canonical.measure(self.model, self.optimizer, shaped, step)
+        meter.result.update({R.MEASURED_BATCH_SHAPES: meter.result.get(R.MEASURED_BATCH, {}),
+                             R.MEASURED_BATCH: canonical.batch_shape(shaped),
+                             R.MEASURED_BATCH_RULE: canonical.RULE,
+                             R.MEASURED_STEP: self.progress.step})
+        self.probe.meter = meter
 
     def _step(self, batch: dict[str, torch.Tensor], trainable: list[torch.Tensor],
               loaders: Loaders) -> None:

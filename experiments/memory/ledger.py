@@ -256,7 +256,8 @@ def measured_activations(measured: dict[str, Any]) -> dict[str, Any]:
     from experiments.memory import memtrack
 
     biggest = measured[R.MEASURED_MAX]
-    batch = measured.get(R.MEASURED_BATCH, {})
+    # The batch's shapes by input (older records kept them under measured_batch).
+    batch = measured.get(R.MEASURED_BATCH_SHAPES, measured.get(R.MEASURED_BATCH, {}))
     return {R.ACTIVATIONS_PEAK_BYTES: biggest[memtrack.ACTIVATIONS],
             R.WEIGHT_CASTS_BYTES: biggest[memtrack.WEIGHT_CASTS],
             "activations_batch": batch, "activations_scope": activations_scope(batch),

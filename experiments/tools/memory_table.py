@@ -82,12 +82,18 @@ def row(record: dict[str, Any], label: str | None = None) -> dict[str, Any]:
                 "temporaries": mem.get(R.OPTIMIZER_TEMPORARIES, []),
                 "model": record[R.MODEL]["name"],
                 "batch": "x".join(str(d) for d in _batch_shape(mem)),
-                "tokens": "input_ids" in mem.get(R.MEASURED_BATCH, {})})
+                "tokens": "input_ids" in _batch_shapes(mem)})
     return out
 
 
+def _batch_shapes(mem: dict[str, Any]) -> dict[str, list[int]]:
+    """The measured batch's shapes by input (older records kept them under measured_batch)."""
+    shapes = mem.get(R.MEASURED_BATCH_SHAPES, mem.get(R.MEASURED_BATCH, {}))
+    return shapes if isinstance(shapes, dict) else {}
+
+
 def _batch_shape(mem: dict[str, Any]) -> list[int]:
-    batch = mem.get(R.MEASURED_BATCH, {})
+    batch = _batch_shapes(mem)
     return batch.get("input_ids") or batch.get("features") or []
 
 

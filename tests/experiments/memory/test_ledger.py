@@ -304,7 +304,8 @@ def test_every_record_has_the_memory_fields(harness_runs: dict[str, Any], key: s
     assert set(MEMORY_KEYS) <= set(mem)
     assert set(SUMMARY_KEYS) <= set(summary)
     assert mem["ledger_vs_predicted"] == 1.0  # the cross-check: by construction
-    assert mem["measured_step"] == 2  # the optimizer state exists before the measured step
+    assert mem["measured_step"] == 1  # one training step first: the optimizer state exists
+    assert mem["measured_batch"][0] == 16 and "measured_batch_rule" in mem
     assert mem["measured_peak_bytes"] == sum(mem["measured_at_peak"].values())
     assert mem["measured_state_peak_bytes"] <= mem["measured_peak_bytes"]
     assert mem["activations_peak_bytes"] == mem["measured_max"]["activations"] > 0
