@@ -25,6 +25,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test writes runs under its own tmp folder and never talks to W&B's servers."""
     monkeypatch.setenv("RUNS_DIR", str(tmp_path / "runs"))
+    # Tests resolve the code PRESETs, whatever presets files `make tune` has committed.
+    monkeypatch.setenv("TUNEBENCH_PRESETS_DIR", str(tmp_path / "presets"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")

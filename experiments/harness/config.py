@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -260,15 +261,18 @@ def resumed_config(cfg: Config, saved: dict[str, Any], run_id: str) -> Config:
 
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+PRESETS_ENV = "TUNEBENCH_PRESETS_DIR"  # another folder of presets files (the tests' own)
 
 
 def preset_path(data: str, model: str) -> Path:
-    """experiments/presets/<data>-<model>.yaml (a path-like name by its file stem)."""
+    """experiments/presets/<data>-<model>.yaml (a path-like name by its file stem), or the
+    same name in $TUNEBENCH_PRESETS_DIR when that is set."""
     def slug(name: str) -> str:
         stem = Path(name).stem if ("/" in name or Path(name).suffix) else name
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
 
-    return PRESETS_DIR / f"{slug(data)}-{slug(model)}.yaml"
+    folder = Path(os.environ.get(PRESETS_ENV) or PRESETS_DIR)
+    return folder / f"{slug(data)}-{slug(model)}.yaml"
 
 
 def applied_preset(method: str, data: str, model: str, preset: str) -> tuple[dict[str, Any], str]:

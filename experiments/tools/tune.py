@@ -63,9 +63,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def study_name(method: str, data: str, model: str, args: dict[str, str]) -> str:
-    """<data>-<model>-<method>, plus a hash of ARGS: another budget is another study."""
-    base = f"{preset_path(data, model).stem}-{method}"
+def study_name(method: str, data: str, model: str, args: dict[str, str], seed: int = 0) -> str:
+    """<data>-<model>-<method>, plus a hash of ARGS (another budget is another study) and the
+    seed when it is not 0."""
+    base = f"{preset_path(data, model).stem}-{method}" + (f"-s{seed}" if seed else "")
     if not args:
         return base
     text = json.dumps(args, sort_keys=True)
@@ -145,8 +146,10 @@ def run_trial(study_name: str, storage: str, runs_dir: str | None = None) -> dic
                        "killed": False}.items():  # a retry starts from the killed one's
         trial.set_user_attr(key, value)
     overrides = trial_overrides(spec, lr, study_name, trial.number)
-    if runs_dir:
-        overrides["runs_dir"] = runs_dir
+    # A study's runs sit apart (runs/tune/<study>/): suites and plots over runs/ never mistake
+    # a validation-only trial for a run of theirs.
+    trial_runs = trial_runs_dir(study_name, runs_dir)
+    overrides["runs_dir"] = str(trial_runs)
     retried = "failed_trial" in _frozen(trial).system_attrs
     info = {"study": study_name, "trial": trial.number}
     t0 = time.perf_counter()
@@ -157,7 +160,7 @@ def run_trial(study_name: str, storage: str, runs_dir: str | None = None) -> dic
         retry(study, trial.number)
         raise
     except Exception:  # the run failed and wrote its record saying why
-        record = _find_record(R.runs_dir(runs_dir), info)
+        record = _find_record(trial_runs, info)
     trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 1))
     return _tell(study, trial, record)
 
@@ -198,6 +201,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any]) -> d
 
 def _threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def trial_runs_dir(study_name: str, runs_dir: str | None = None) -> Path:
+    """Where a study's trial runs go: <runs folder>/tune/<study>/."""
+    return R.runs_dir(runs_dir) / "tune" / study_name
 
 
 def _find_record(runs_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +266,7 @@ def _budget(spec: dict[str, Any]) -> dict[str, int]:
 def open_study(method: str, data: str, model: str, args: dict[str, str], trials: int,
                seed: int, storage: str) -> optuna.Study:
     """The study of (data, model, method, ARGS): created on first use, else continued."""
-    name = study_name(method, data, model, args)
+    name = study_name(method, data, model, args, seed)
     existing = optuna.get_all_study_names(open_storage(storage)) if "://" in storage or \
         Path(storage).is_file() else []
     if name in existing:
@@ -309,7 +317,7 @@ def tune(method: str, data: str, model: str, args: dict[str, str], trials: int, 
 
     if trials < 1 or workers < 1:
         raise UserError(f"TRIALS={trials} and WORKERS={workers} must be >= 1")
-    base = study_name(method, data, model, args)
+    base = study_name(method, data, model, args, seed)
     storage = storage or str(R.runs_dir() / "tune" / f"{base}.journal")
     study = open_study(method, data, model, args, trials, seed, storage)
     print(f"tune {study.study_name}: {study.user_attrs['target']} trials, {workers} at once, "
@@ -319,7 +327,8 @@ def tune(method: str, data: str, model: str, args: dict[str, str], trials: int, 
         if not maybe_widen(study, max(2, trials // 3)):
             break
     s = P.summary(study)
-    print(P.cost_table([{"study": study.study_name, "method": method, **s}]))
+    print(P.cost_table([{"study": study.study_name, "method": method,
+                         "budget": P.budget(study.user_attrs["spec"]), **s}]))
     if s["best"] is None:
         print(f"error: no trial of {study.study_name} finished; see the trials' records",
               file=sys.stderr)

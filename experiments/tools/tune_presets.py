@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import yaml
 
+from experiments.contract import record as R
 from experiments.contract.io import atomic_write_text
 
 HEADER = ("# Presets chosen by `make tune` (experiments/tools/tune.py) on the validation split\n"
@@ -101,20 +102,27 @@ def cost_rows(storages: list[str]) -> list[dict[str, Any]]:
             if "spec" not in study.user_attrs:
                 continue
             s = summary(study)
-            rows.append({"study": name, "method": study.user_attrs["spec"]["method"], **s})
-    return rows
+            spec = study.user_attrs["spec"]
+            rows.append({"study": name, "method": spec["method"], "budget": budget(spec), **s})
+    return sorted(rows, key=lambda r: (R.method_rank(r["method"]), r["study"]))
+
+
+def budget(spec: dict[str, Any]) -> str:
+    """What one trial trains: the whole split unless ARGS shrank it, and the epochs."""
+    shown = " ".join(f"{k}={v}" for k, v in spec["args"].items()) or "whole train split"
+    return f"{shown}, {spec['epochs']} epochs"
 
 
 def cost_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per study, trials, pruned, machine-minutes and that in full runs."""
-    out = ["| study | method | trials | pruned | failed | best val | machine-min | one full run "
-           "(min) | study ÷ full run |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: "
-           "| ---: |"]
+    out = ["| method | budget per trial | trials | pruned | failed | best val | machine-min | "
+           "one full run (min) | study ÷ full run |", "| --- | --- | ---: | ---: | ---: | ---: | "
+           "---: | ---: | ---: |"]
     for r in rows:
         full = r["full_run_s"]
         ratio = f"{r['machine_s'] / full:.1f}" if full else "—"
         best = f"{r['best'].value:.4f}" if r["best"] is not None else "—"
-        out.append(f"| {r['study']} | {r['method']} | {r['trials']} | {r['pruned']} | "
+        out.append(f"| {r['method']} | {r.get('budget', '')} | {r['trials']} | {r['pruned']} | "
                    f"{r['failed']} | {best} | {r['machine_s'] / 60:.1f} | "
                    f"{'—' if not full else f'{full / 60:.1f}'} | {ratio} |")
     return "\n".join(out)

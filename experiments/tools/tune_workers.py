@@ -2,8 +2,8 @@
 
 A trial is its own process (`python -m experiments.tools.tune --trial STUDY --storage URL`), so
 a crash or a memory spike in one cannot take the study with it, and several run at once on one
-study. A journal file has no heartbeat (Optuna's is for RDB storages), so a trial's liveness is
-its process id on its host.
+study. Optuna's heartbeat needs `study.optimize`, which one process per trial does not use, so a
+trial's liveness is its process id on its host.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the running trials whose process on this host is gone (SIGKILL, power), and
     queue each again with the same learning rate (Optuna's retry callback); their numbers.
 
-    A journal file has no heartbeat (Optuna's is for RDB storages), so liveness is the trial's
-    process id on its host; an RDB storage's heartbeat covers trials of other hosts."""
+    Liveness is the trial's process id on its host: a trial that died on another host waits for
+    the tuner there (or the Ray executor's own check of lost nodes)."""
     storage, dead = study._storage, []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         a = t.user_attrs

@@ -63,6 +63,12 @@ def poisoned_test(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "_frame_splits", spy)
 
 
+def _records(study: str) -> list[dict]:
+    """The records of a study's trial runs."""
+    return [json.loads(p.read_text())
+            for p in tune.trial_runs_dir(study).glob(f"*/{R.RECORD_FILE}")]
+
+
 def _study(texts: str, tmp_path: Path, trials: int = 2) -> tuple[str, str]:
     storage = str(tmp_path / "study.journal")
     args = {"model": "tiny-bert", "batch_size": "16", "eval_batch_size": "64",
@@ -83,7 +89,7 @@ def test_a_studys_runs_never_read_the_test_split(texts: str, tmp_path: Path,
     study = tune.load_study(name, storage)
     assert study.trials[0].state.name == "COMPLETE"  # the first has nothing to lose against
     assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
-    records = [json.loads(p.read_text()) for p in R.runs_dir().glob(f"*/{R.RECORD_FILE}")]
+    records = _records(name)
     assert sorted(r[R.STATUS] for r in records) == sorted(
         {"COMPLETE": R.FINISHED, "PRUNED": R.PRUNED}[t.state.name] for t in study.trials)
     for rec in records:
@@ -113,25 +119,24 @@ def test_a_retried_trial_resumes_its_interrupted_run(texts: str, tmp_path: Path,
         m.setattr(model_mod.Classifier, "forward", forward)
         with pytest.raises(KeyboardInterrupt):
             tune.run_trial(name, storage)
-    (cancelled,) = [json.loads(p.read_text()) for p in R.runs_dir().glob(f"*/{R.RECORD_FILE}")]
+    (cancelled,) = _records(name)
     assert cancelled[R.STATUS] == R.CANCELLED and cancelled[R.LAST_CHECKPOINT]
     tune.run_trial(name, storage)
     study = tune.load_study(name, storage)
     first, retry = study.trials
     assert first.state.name == "FAIL" and retry.system_attrs["failed_trial"] == 0
     assert retry.params == first.params and retry.state.name == "COMPLETE"
-    (done,) = [json.loads(p.read_text()) for p in R.runs_dir().glob(f"*/{R.RECORD_FILE}")]
+    (done,) = _records(name)
     assert done[R.RUN_ID] == cancelled[R.RUN_ID] and len(done[R.RESUMED]) == 1
     assert done[R.STATUS] == R.FINISHED and done[R.TUNE] == {"study": name, "trial": 1}
 
 
 def test_presets_file_applies_for_its_data_and_model_and_the_record_says_so(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """preset=auto reads experiments/presets/<data>-<model>.yaml (over the code PRESET), a path
     names a file, code ignores files; the record says which applied."""
     from experiments import train
 
-    monkeypatch.setattr(C, "PRESETS_DIR", tmp_path / "presets")
     entry = {"values": {"lr": 0.0123, "epochs": 1}, "search": {"lr": {"low": 1e-4, "high": 1}}}
     tune_presets.write_entry(C.preset_path("rotten_tomatoes", "tiny-bert"), "rotten_tomatoes",
                              "tiny-bert", "ia3", entry)
