@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,25 +58,45 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(runs_dir: Path) -> None
     assert not (killed_dir / "checkpoint").exists()  # a finished run drops its checkpoint
 
 
-def _fail_at(monkeypatch: pytest.MonkeyPatch, call: int, how: str) -> None:
-    """Make the model's training forward misbehave on its `call`-th call."""
-    real = model_mod.Classifier.forward
-    calls = {"n": 0}
+def _on_training_forward(monkeypatch: pytest.MonkeyPatch, call: int,
+                         act: Callable[[Any], None]) -> None:
+    """Run `act(output)` right after the model's `call`-th training-step forward (the memory
+    measurement's extra step, which is undone, is not counted)."""
+    from experiments.memory import canonical
+
+    real, real_measure = model_mod.Classifier.forward, canonical.measure
+    state = {"n": 0, "measuring": False}
+
+    def measure(*a: object, **k: object) -> object:
+        state["measuring"] = True
+        try:
+            return real_measure(*a, **k)
+        finally:
+            state["measuring"] = False
 
     def forward(self: model_mod.Classifier, *a: object, **k: object) -> object:
         out = real(self, *a, **k)
-        if self.training:  # a training step (the harness computes the loss from the logits)
-            calls["n"] += 1
-            if calls["n"] == call:
-                if how == "nan":
-                    out.logits = out.logits * float("nan")
-                elif how == "interrupt":
-                    raise KeyboardInterrupt
-                else:
-                    raise RuntimeError("simulated crash")
+        if self.training and not state["measuring"]:  # the loss is computed from the logits
+            state["n"] += 1
+            if state["n"] == call:
+                act(out)
         return out
 
+    monkeypatch.setattr(canonical, "measure", measure)
     monkeypatch.setattr(model_mod.Classifier, "forward", forward)
+
+
+def _fail_at(monkeypatch: pytest.MonkeyPatch, call: int, how: str) -> None:
+    """Make the model's training forward misbehave on its `call`-th call."""
+    def act(out: Any) -> None:
+        if how == "nan":
+            out.logits = out.logits * float("nan")
+        elif how == "interrupt":
+            raise KeyboardInterrupt
+        else:
+            raise RuntimeError("simulated crash")
+
+    _on_training_forward(monkeypatch, call, act)
 
 
 def _only_record() -> tuple[Path, dict]:
@@ -105,18 +127,7 @@ def test_a_crash_mid_run_writes_a_failed_record(monkeypatch: pytest.MonkeyPatch)
 def _sigint_after_forward(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     """Send this process a real SIGINT right after the `call`-th training forward: mid-step,
     with that forward's dropout masks already drawn (as a Ctrl-C at a random moment would)."""
-    real = model_mod.Classifier.forward
-    calls = {"n": 0}
-
-    def forward(self: model_mod.Classifier, *a: object, **k: object) -> object:
-        out = real(self, *a, **k)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == call:
-                os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(model_mod.Classifier, "forward", forward)
+    _on_training_forward(monkeypatch, call, lambda out: os.kill(os.getpid(), signal.SIGINT))
 
 
 def test_sigint_mid_step_then_resume_equals_an_uninterrupted_run(runs_dir: Path) -> None:
