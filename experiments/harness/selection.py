@@ -24,6 +24,18 @@ def _sharded(p: torch.Tensor) -> bool:
     return hasattr(p, "full_tensor")  # a DTensor: FSDP's shard of a parameter
 
 
+def _like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`value` in `p`'s layout: FSDP may hold a parameter unsharded when validation ends (the
+    copy is then whole) and sharded when the state is put back, or the other way round."""
+    if _sharded(p) and not _sharded(value):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
+    if _sharded(value) and not _sharded(p):
+        return value.full_tensor()
+    return value
+
+
 class BestState:
     """The trainable state at the best validation accuracy seen so far."""
 
@@ -49,7 +61,7 @@ class BestState:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name in self.state:
-                    p.copy_(self.state[name])
+                    p.copy_(_like(p, self.state[name]))
 
     def to_checkpoint(self) -> dict[str, Any] | None:
         """What a checkpoint stores (nothing for sharded state: see the module's docstring)."""
