@@ -298,13 +298,8 @@ def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
     if "train" not in frames:
         raise UserError(f"dataset {name!r}: the train split has no labels in {label_column!r}")
     spelling: dict[str, Any] = {}
-    if not names:
-        all_labels, spelling = normalise_labels(
-            pd.concat([f["label"] for f in frames.values()], ignore_index=True))
-        frames = _relabel(frames, all_labels)
-        _, names = _map_labels(all_labels)
-        ids = {v: i for i, v in enumerate(sorted(all_labels.unique().tolist()))}
-        frames = {k: f.assign(label=f["label"].map(ids)) for k, f in frames.items()}
+    if not names:  # labels as values (no ClassLabel): the same spelling rule as local files
+        frames, names, spelling = _labels_to_ids(frames)
     frames = {k: f.assign(label=f["label"].astype(int)) for k, f in frames.items()}
     refuse_contained_splits(frames, name)  # the dataset's own splits, before any carving
     where = _assign_splits(frames, unlabelled)
@@ -315,6 +310,18 @@ def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
     info.update({R.D_TEXT_DROPPED: 0, **dropped, **spelling})
     return DataBundle(_frame_splits({k: frames[k] for k in ("train", "validation", "test")}),
                       names, info)
+
+
+def _labels_to_ids(frames: dict[str, pd.DataFrame]
+                   ) -> tuple[dict[str, pd.DataFrame], list[str], dict[str, Any]]:
+    """Label values -> ids over every split, after the one spelling rule; the label names and
+    what the rule merged (for the record)."""
+    all_labels, spelling = normalise_labels(
+        pd.concat([f["label"] for f in frames.values()], ignore_index=True))
+    frames = _relabel(frames, all_labels)
+    _, names = _map_labels(all_labels)
+    ids = {v: i for i, v in enumerate(sorted(all_labels.unique().tolist()))}
+    return {k: f.assign(label=f["label"].map(ids)) for k, f in frames.items()}, names, spelling
 
 
 def _relabel(frames: dict[str, pd.DataFrame], labels: pd.Series) -> dict[str, pd.DataFrame]:

@@ -18,8 +18,6 @@ category. Writes `<runs_dir>/memory_levers.csv` and `reports/memory_levers.{png,
 from __future__ import annotations
 
 import csv
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 from experiments.contract import record as R
 from experiments.contract.units import human_bytes
 from experiments.harness.config import Config
+from experiments.tools.memory_table import report_written, train_once
 
 # Eight steps: the measured step is one of them, so the time per step is mostly unmeasured steps.
 BASE_ARGS = ["model=minilm", "train_size=256", "eval_size=32", "max_steps=8", "epochs=1",
@@ -61,16 +60,7 @@ CSV_FIELDS = ("group", "lever", R.PREDICTED_FORMULA, R.PREDICTED_BYTES,
 
 def run_row(args: list[str], runs_dir: Path, nproc: int = 1) -> dict[str, Any]:
     """Train one row in fresh processes (torchrun for several); its record, or RuntimeError."""
-    bin_dir = Path(sys.executable).parent
-    head = [sys.executable] if nproc == 1 else [str(bin_dir / "torchrun"), "--standalone",
-                                                 f"--nproc_per_node={nproc}"]
-    cmd = [*head, "-m", "experiments.train", *args, f"runs_dir={runs_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    records = sorted(runs_dir.glob(f"*/{R.RECORD_FILE}"))
-    if proc.returncode != 0 or not records:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        raise RuntimeError(f"exit {proc.returncode}: {lines[-1] if lines else 'no output'}")
-    return json.loads(records[-1].read_text())
+    return train_once(args, runs_dir, nproc)
 
 
 def row(record: dict[str, Any], group: str, lever: str) -> dict[str, Any]:
@@ -213,12 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    print(f"written: {path}")
-    for fig in plot(rows, R.reports_dir(opts.get("--reports"))) if rows else []:
-        print(f"written: {fig}")
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    figures = plot(rows, R.reports_dir(opts.get("--reports"))) if rows else []
+    return report_written([path, *figures], failed)
 
 
 if __name__ == "__main__":

@@ -199,9 +199,12 @@ def plot_breakdown(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     return paths
 
 
-def train_once(args: list[str], runs_dir: Path) -> dict[str, Any]:
-    """Train one configuration in a fresh process; its record (RuntimeError if it failed)."""
-    cmd = [sys.executable, "-m", "experiments.train", *args, f"runs_dir={runs_dir}"]
+def train_once(args: list[str], runs_dir: Path, nproc: int = 1) -> dict[str, Any]:
+    """Train one configuration in fresh processes (torchrun for several); its record, or
+    RuntimeError if it failed."""
+    head = [sys.executable] if nproc == 1 else [
+        str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*head, "-m", "experiments.train", *args, f"runs_dir={runs_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     records = sorted(runs_dir.glob(f"*/{R.RECORD_FILE}"))
     if proc.returncode != 0 or not records:
@@ -241,10 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("runs_dir=")), "")
     path = Path(out) if out else Path(runs_dir or Config().resolved_runs_dir()) / "memory_table.csv"
     write_csv(rows, path)
-    print(f"written: {path}")
-    if rows:
-        for fig in plot_breakdown(rows, R.reports_dir(reports)):
-            print(f"written: {fig}")
+    figures = plot_breakdown(rows, R.reports_dir(reports)) if rows else []
+    return report_written([path, *figures], failed)
+
+
+def report_written(paths: list[Path], failed: list[str]) -> int:
+    """Print what was written and what failed; the exit code (1 when a row failed)."""
+    for path in paths:
+        print(f"written: {path}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
