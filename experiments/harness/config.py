@@ -122,7 +122,8 @@ class Config:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     """The fully resolved config as one plain dict (method options nested under the method)."""
-    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "method_cfg"}
+    names = [f.name for f in dataclasses.fields(cfg) if f.name != "method_cfg"]
+    out = {name: getattr(cfg, name) for name in names}
     out["runs_dir"] = cfg.resolved_runs_dir()
     if cfg.method_cfg is not None and dataclasses.fields(cfg.method_cfg):
         out[cfg.method] = dataclasses.asdict(cfg.method_cfg)
@@ -242,7 +243,9 @@ def _value(cfg: Config, key: str) -> Any:
     prefix, dot, name = key.partition(".")
     if not dot:
         return getattr(cfg, key)
-    return getattr(cfg.method_cfg, name, None) if prefix == cfg.method else None
+    if prefix != cfg.method or cfg.method_cfg is None:
+        return None
+    return dataclasses.asdict(cfg.method_cfg).get(name)  # an option's value, not a hook
 
 
 def resumed_config(cfg: Config, saved: dict[str, Any], run_id: str) -> Config:
