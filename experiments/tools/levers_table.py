@@ -26,7 +26,7 @@ from typing import Any
 from experiments.contract import record as R
 from experiments.contract.units import human_bytes
 from experiments.harness.config import Config
-from experiments.tools.memory_table import report_written, train_once
+from experiments.tools.memory_table import finish_bars, report_written, train_once
 
 # Eight steps: the measured step is one of them, so the time per step is mostly unmeasured steps.
 BASE_ARGS = ["model=minilm", "train_size=256", "eval_size=32", "max_steps=8", "epochs=1",
@@ -165,16 +165,7 @@ def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     ax.set_xlabel("MiB live at the measured step's peak")
     ax.set_title(f"Memory levers, one training step by category: {rows[0]['model']}, "
                  f"batch {rows[0]['batch']} tokens")
-    ax.grid(axis="x", alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.legend(loc="outside lower center", ncol=4, fontsize=8, frameon=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "memory_levers.png", folder / "memory_levers.svg"]
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None}
-                    if path.suffix == ".svg" else None)
-    plt.close(fig)
-    return paths
+    return finish_bars(fig, ax, folder, "memory_levers")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,13 +188,22 @@ def plot_breakdown(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     model = rows[0].get("model", "")
     tokens = next((r["batch"] for r in rows if r.get("tokens")), "")
     ax.set_title(f"Memory of one training step by category: {model}, batch {tokens} tokens")
+    return finish_bars(fig, ax, folder, "memory_breakdown")
+
+
+def finish_bars(fig: Any, ax: Any, folder: Path, stem: str) -> list[Path]:
+    """A horizontal bar chart's grid, legend and files (PNG, and SVG without a date so it
+    regenerates byte for byte); the paths written."""
+    import matplotlib.pyplot as plt
+
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     fig.legend(loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "memory_breakdown.png", folder / "memory_breakdown.svg"]
+    paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fig.savefig(path, dpi=150, bbox_inches="tight",
+                    metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
     return paths
 
