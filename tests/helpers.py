@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,32 @@ def load_peft_folder(model: Any, folder: Any) -> Any:
     PeftModel.from_pretrained(model.backbone, str(folder))
     model.classifier.load_state_dict(load_file(str(Path(folder) / "head.safetensors")))
     return model
+
+
+def on_training_forward(monkeypatch: Any, call: int,
+                        act: Callable[[Any], None]) -> None:
+    """Run `act(output)` right after the model's `call`-th training-step forward (the memory
+    measurement's extra step, which is undone, is not counted)."""
+    from experiments.memory import canonical
+    from methods.model import Classifier
+
+    real, real_measure = Classifier.forward, canonical.measure
+    state = {"n": 0, "measuring": False}
+
+    def measure(*a: object, **k: object) -> object:
+        state["measuring"] = True
+        try:
+            return real_measure(*a, **k)
+        finally:
+            state["measuring"] = False
+
+    def forward(self: Classifier, *a: object, **k: object) -> object:
+        out = real(self, *a, **k)
+        if self.training and not state["measuring"]:  # the loss is computed from the logits
+            state["n"] += 1
+            if state["n"] == call:
+                act(out)
+        return out
+
+    monkeypatch.setattr(canonical, "measure", measure)
+    monkeypatch.setattr(Classifier, "forward", forward)

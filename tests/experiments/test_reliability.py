@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import on_training_forward
 
-import methods.model as model_mod
 from experiments.harness.config import UserError, resolve
 from experiments.train import NonFiniteLoss, run
 
@@ -58,34 +57,6 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(runs_dir: Path) -> None
     assert not (killed_dir / "checkpoint").exists()  # a finished run drops its checkpoint
 
 
-def _on_training_forward(monkeypatch: pytest.MonkeyPatch, call: int,
-                         act: Callable[[Any], None]) -> None:
-    """Run `act(output)` right after the model's `call`-th training-step forward (the memory
-    measurement's extra step, which is undone, is not counted)."""
-    from experiments.memory import canonical
-
-    real, real_measure = model_mod.Classifier.forward, canonical.measure
-    state = {"n": 0, "measuring": False}
-
-    def measure(*a: object, **k: object) -> object:
-        state["measuring"] = True
-        try:
-            return real_measure(*a, **k)
-        finally:
-            state["measuring"] = False
-
-    def forward(self: model_mod.Classifier, *a: object, **k: object) -> object:
-        out = real(self, *a, **k)
-        if self.training and not state["measuring"]:  # the loss is computed from the logits
-            state["n"] += 1
-            if state["n"] == call:
-                act(out)
-        return out
-
-    monkeypatch.setattr(canonical, "measure", measure)
-    monkeypatch.setattr(model_mod.Classifier, "forward", forward)
-
-
 def _fail_at(monkeypatch: pytest.MonkeyPatch, call: int, how: str) -> None:
     """Make the model's training forward misbehave on its `call`-th call."""
     def act(out: Any) -> None:
@@ -96,7 +67,7 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, call: int, how: str) -> None:
         else:
             raise RuntimeError("simulated crash")
 
-    _on_training_forward(monkeypatch, call, act)
+    on_training_forward(monkeypatch, call, act)
 
 
 def _only_record() -> tuple[Path, dict]:
@@ -127,7 +98,7 @@ def test_a_crash_mid_run_writes_a_failed_record(monkeypatch: pytest.MonkeyPatch)
 def _sigint_after_forward(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     """Send this process a real SIGINT right after the `call`-th training forward: mid-step,
     with that forward's dropout masks already drawn (as a Ctrl-C at a random moment would)."""
-    _on_training_forward(monkeypatch, call, lambda out: os.kill(os.getpid(), signal.SIGINT))
+    on_training_forward(monkeypatch, call, lambda out: os.kill(os.getpid(), signal.SIGINT))
 
 
 def test_sigint_mid_step_then_resume_equals_an_uninterrupted_run(runs_dir: Path) -> None:

@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import read_wandb_file
+from helpers import on_training_forward, read_wandb_file
 
-import methods.model as model_mod
 from experiments.contract import record as R
 from experiments.harness.config import UserError, resolve
 from experiments.train import run
@@ -20,29 +19,23 @@ BASE = ["method=full", "model=tiny-bert", "train_size=64", "eval_size=16", "batc
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
-    """Ctrl-C on the model's `call`-th training forward."""
-    real = model_mod.Classifier.forward
-    calls = {"n": 0}
+    """Ctrl-C on the model's `call`-th training-step forward."""
+    def interrupt(out: object) -> None:
+        raise KeyboardInterrupt
 
-    def forward(self: model_mod.Classifier, *a: object, **k: object) -> object:
-        out = real(self, *a, **k)
-        if self.training:  # a training step's forward
-            calls["n"] += 1
-            if calls["n"] == call:
-                raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(model_mod.Classifier, "forward", forward)
+    on_training_forward(monkeypatch, call, interrupt)
 
 
 def test_resume_auto_matches_the_seed_and_continues_the_wandb_run(
         monkeypatch: pytest.MonkeyPatch, runs_dir: Path) -> None:
     with monkeypatch.context() as m:
-        _interrupt_at(m, 6)  # after step 5: Ctrl-C writes a checkpoint there
+        # Inside step 5: an interrupt raised mid-step (as a second Ctrl-C is) keeps the last
+        # boundary checkpoint, step 4 (checkpoint_every=2), not the half-done step.
+        _interrupt_at(m, 5)
         with pytest.raises(KeyboardInterrupt):
             run(resolve([*BASE, "seed=3"]))
     (cancelled,) = [json.loads(p.read_text()) for p in runs_dir.glob("*/record.json")]
-    assert cancelled[R.STATUS] == R.CANCELLED and cancelled[R.LAST_CHECKPOINT]["step"] == 5
+    assert cancelled[R.STATUS] == R.CANCELLED and cancelled[R.LAST_CHECKPOINT]["step"] == 4
     # the config hash leaves the seed out, so another seed's run has the same hash: not it
     with pytest.raises(UserError, match="this config and seed=4"):
         run(resolve([*BASE, "seed=4", "resume=auto"]))
@@ -57,7 +50,7 @@ def test_resume_auto_matches_the_seed_and_continues_the_wandb_run(
     first, second = (read_wandb_file(f) for f in files)
     assert first["run"]["id"] == second["run"]["id"] == done[R.RUN_ID]
     assert (first["run"]["resume"], second["run"]["resume"]) == (False, True)
-    assert [h["_step"] for h in second["history"] if "train/loss" in h] == [6, 7, 8]
+    assert [h["_step"] for h in second["history"] if "train/loss" in h] == [5, 6, 7, 8]
     assert second["summary"]["test/accuracy"] == pytest.approx(
         done[R.METRICS][R.TEST_ACCURACY])
     assert done[R.ENV][R.WANDB]["path"].endswith(done[R.RUN_ID])
