@@ -78,6 +78,8 @@ from methods.model import param_split
 # The step's parts stay importable from the entry point, where scripts have long found them.
 __all__ = ["Context", "NonFiniteLoss", "apply_update", "build_optimizer", "forward_backward",
            "main", "run", "summary_line", "warmup_linear"]
+# How long a rank other than 0 waits before leaving on bad input (rank 0's exit ends it sooner).
+USER_ERROR_GRACE_S = 10.0
 
 
 def _now() -> str:
@@ -268,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         distributed.cleanup(sync=True)
     except UserError as exc:
         if distributed.env_rank() == 0:  # one line, not one per process
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        else:
+            # Every rank rejects the same input; the first rank to exit ends the job, so the
+            # others wait for rank 0 to say why (its exit then stops them).
+            time.sleep(USER_ERROR_GRACE_S)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         where = getattr(exc, "record_path", None)
