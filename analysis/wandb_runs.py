@@ -21,8 +21,10 @@ def _wandb_row(run: Any, history: bool) -> dict[str, Any]:
     config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
     summary = {k: v for k, v in dict(run.summary).items() if not k.startswith("_")}
     row: dict[str, Any] = {
-        R.SCHEMA_KEY: R.SCHEMA, R.RUN_ID: run.name or run.id, R.METHOD: config.get(R.METHOD),
-        R.EXPERIMENT: getattr(run, "group", None) or config.get(R.METHOD),
+        # The W&B id is the run id; the display name and group also carry the data and seed.
+        R.SCHEMA_KEY: R.SCHEMA, R.RUN_ID: run.id or run.name, R.METHOD: config.get(R.METHOD),
+        R.EXPERIMENT: config.pop(R.EXPERIMENT, None) or getattr(run, "group", None)
+        or config.get(R.METHOD),
         R.CONFIG_HASH: config.pop(R.CONFIG_HASH, None) or run.id,
         R.STATUS: _WANDB_STATUS.get(getattr(run, "state", ""), getattr(run, "state", None)),
         **flatten(config, f"{R.CONFIG}."), SOURCE: "wandb",

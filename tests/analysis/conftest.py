@@ -163,18 +163,22 @@ class FakeApi:
 def fake_wandb_api() -> FakeApi:
     """A wandb.Api stand-in holding a LoRA run, a crashed full run and a run with no config."""
     lora = FakeRun(
-        name="20260101-lora-aa", id="aa", state="finished", group="sweep",
-        path=["ent", "proj", "aa"], url="https://wandb.ai/ent/proj/runs/aa",
-        config={"method": "lora", "seed": 1, "lr": 1e-3, "lora": {"rank": 8, "alpha": 16},
+        # as the tracker names runs: the W&B id is the run id, name and group carry the data
+        name="sweep-rotten_tomatoes-s1", id="20260101-lora-aa", state="finished",
+        group="sweep-rotten_tomatoes", path=["ent", "proj", "20260101-lora-aa"],
+        url="https://wandb.ai/ent/proj/runs/20260101-lora-aa",
+        config={"method": "lora", "experiment": "sweep", "seed": 1, "lr": 1e-3,
+                "lora": {"rank": 8, "alpha": 16},
                 "config_hash": "h-lora", "_wandb": {"x": 1}},
         summary={"test/accuracy": 0.81, "val/accuracy": 0.8, "params/trainable": 1000,
                  "params/total": 100000, f"{R.MEMORY}/{R.MEASURED_PEAK_BYTES}": 2**20,
                  f"{R.MEMORY}/{R.RSS_GROWTH_BYTES}": 5 * 2**20, "time/train_s": 3.5,
                  "_runtime": 4, "confusion": {"_type": "table"}},
         rows=[(10, {"val/accuracy": 0.7}), (15, {"train/loss": 0.3}), (20, {"val/accuracy": 0.8})])
-    crashed = FakeRun(name="20260101-full-bb", id="bb", state="crashed", group="full",
-                      path=["ent", "proj", "bb"], url="u", rows=[],
+    crashed = FakeRun(name="full-rotten_tomatoes-s0", id="20260101-full-bb", state="crashed",
+                      group="full-rotten_tomatoes", path=["ent", "proj", "20260101-full-bb"],
+                      url="u", rows=[],
                       config={"method": "full", "seed": 0, "config_hash": "h-full"}, summary={})
-    no_method = FakeRun(name="n", id="cc", state="finished", group=None, path=[], url=None,
-                        config={}, summary={}, rows=[])
+    no_method = FakeRun(name="n", id="20260101-x-cc", state="finished", group=None, path=[],
+                        url=None, config={}, summary={}, rows=[])
     return FakeApi([lora, crashed, no_method])

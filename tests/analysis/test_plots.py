@@ -265,7 +265,8 @@ def test_runs_from_wandb_plot_summarise_and_show(fake_wandb_api, tmp_path: Path)
             "time_throughput.png", "val_curves.png", "summary.md"} <= names
     assert "| lora | 1 | 81.0 |" in (tmp_path / "summary.md").read_text()
     page = dashboard.build_html(df, "W&B")
-    assert page.count("<tr class='run ") == 2 and "https://wandb.ai/ent/proj/runs/aa" in page
+    assert page.count("<tr class='run ") == 2
+    assert "https://wandb.ai/ent/proj/runs/20260101-lora-aa" in page
 
 
 def test_a_published_comparison_gets_a_results_page_regenerated_identically(

@@ -203,13 +203,13 @@ def test_wandb_runs_load_into_the_same_columns(monkeypatch: pytest.MonkeyPatch,
     df = results.load(source="wandb", api=api)
     assert api.paths == ["ent/proj"]
     assert list(df["run_id"]) == ["20260101-full-bb", "20260101-lora-aa"]
-    assert "skipping W&B run n: no `method`" in capsys.readouterr().err
+    assert "skipping W&B run 20260101-x-cc: no `method`" in capsys.readouterr().err
     lora = df[df["method"] == "lora"].iloc[0]
     assert lora["metrics.test/accuracy"] == 0.81 and lora["params.trainable"] == 1000
     assert lora[results.MEASURED] == 2**20 and lora[results.TRAIN_S] == 3.5
     assert lora[results.RSS_GROWTH] == 5 * 2**20
     assert lora["config.lora.rank"] == 8 and lora["config_hash"] == "h-lora"
-    assert lora["experiment"] == "sweep" and lora["env.wandb.path"] == "ent/proj/aa"
+    assert lora["experiment"] == "sweep" and lora["env.wandb.path"] == "ent/proj/20260101-lora-aa"
     assert lora["val_history"] == [{"step": 10, "accuracy": 0.7}, {"step": 20, "accuracy": 0.8}]
     assert "metrics._runtime" not in df and "metrics.confusion" not in df
     assert "config._wandb" not in df.columns
