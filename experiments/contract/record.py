@@ -231,7 +231,8 @@ PRED_LABEL = "label"
 PRED_PREDICTED = "predicted"
 PRED_PROB_PREFIX = "prob_"  # prob_0, prob_1, ...: class probabilities
 
-# artifacts.*: what a finished run leaves behind besides the record (`save=auto`; issue 15).
+# artifacts.*: what a finished run leaves behind besides the record (`save=auto`), so a user
+# can load or predict with it without rerunning.
 # `runs/<run_id>/model/` holds the trained model in the formats its users' tools load, and a
 # manifest that says how to rebuild it (`experiments.harness.artifacts`, `make predict`).
 C_SAVE = "save"  # config key: auto (save the model) | none
