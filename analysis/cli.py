@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from analysis import results
+from analysis import results, tasks
 from experiments.contract import record
 
 EXIT_NO_RUNS = 2  # as the harness's user errors: nothing was written, and the message says why
@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None, prog: str, doc: str | None) -> argparse.N
     parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs_dir", nargs="?", default=None,
-                        help="folder of run records (default: $RUNS_DIR or ./runs)")
+                        help="folder of run records, or of task folders of them "
+                             "(default: $RUNS_DIR or ./runs)")
     parser.add_argument("--reports-dir", default=str(record.reports_dir()),
                         help="output folder (default: $REPORTS_DIR or ./reports)")
     parser.add_argument("--source", choices=("records", "wandb"), default="records",
@@ -40,6 +41,8 @@ def load_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         where = f"W&B project {entity + '/' if entity else ''}{project or 'tunebench'}"
         return results.load_wandb(), where
     runs_dir = record.runs_dir(args.runs_dir)
+    if tasks.is_multitask(runs_dir):  # results/: one published folder per task
+        return tasks.load_runs(runs_dir), str(runs_dir)
     return results.load_records(runs_dir), str(runs_dir)
 
 

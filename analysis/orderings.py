@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -99,7 +100,6 @@ def section(found: list[Comparison], agreements: list[SeedAgreement]) -> list[st
     return [*lines, ""]
 
 
-
 def claimed_orderings(text: str, labels: list[str]) -> list[tuple[str, str]]:
     """(better, worse) for every 'A < B' or 'A > B' in text whose sides are configuration
     labels (an accuracy may follow a label: 'head 76.7 < full 83.8'). Longest labels first,
@@ -111,4 +111,46 @@ def claimed_orderings(text: str, labels: list[str]) -> list[tuple[str, str]]:
     for m in pattern.finditer(text):
         left, sign, right = m.group(1), m.group(2), m.group(3)
         out.append((left, right) if sign == ">" else (right, left))
+    return out
+
+
+def _words(text: str) -> str:
+    """Lower case, '_' and '-' as spaces: 'Reuters R8' finds the task reuters_r8-minilm."""
+    return re.sub(r"[_\-\s]+", " ", text.lower())
+
+
+def task_claims(text: str, labels: list[str],
+                names: Mapping[str, Iterable[str]]) -> list[tuple[str | None, str, str]]:
+    """(task, better, worse) for every claimed ordering in a multi-task FINDINGS: a claim under
+    a Markdown heading that names a task (`names`: task -> its names, e.g. folder and data)
+    belongs to that task, as do claims under its subheadings; elsewhere the task is None."""
+    out: list[tuple[str | None, str, str]] = []
+    scope: tuple[int, str | None] = (0, None)  # (heading level, task) in force
+    for part in re.split(r"(?m)^(?=#)", text):
+        heading = part.splitlines()[0] if part.startswith("#") else ""
+        if heading:
+            level = len(heading) - len(heading.lstrip("#"))
+            named = [t for t, words in names.items()
+                     if any(_words(w) in _words(heading) for w in words)]
+            if named:
+                scope = (level, named[0])
+            elif level <= scope[0]:
+                scope = (0, None)
+        out += [(scope[1], a, b) for a, b in claimed_orderings(part, labels)]
+    return out
+
+
+def unsupported_claims(text: str, found: Mapping[str, list[Comparison]],
+                       labels: Mapping[str, list[str]],
+                       names: Mapping[str, Iterable[str]]) -> list[str]:
+    """The orderings a multi-task FINDINGS claims that the tests do not support: a claim held to
+    a task (`task_claims`) needs that task's corrected tests (`found`: task -> its default
+    family) to support it, any other claim some task's; [] when every claim is supported."""
+    every = sorted({label for task_labels in labels.values() for label in task_labels})
+    backing = {task: supported(comparisons) for task, comparisons in found.items()}
+    out = []
+    for task, better, worse in task_claims(text, every, names):
+        scope = [task] if task is not None else list(backing)
+        if not any((better, worse) in backing.get(t, set()) for t in scope):
+            out.append(f"{better} > {worse} ({'on ' + task if task else 'on no task'})")
     return out

@@ -3,6 +3,7 @@
 Run it:
     python -m analysis.plots                  # $RUNS_DIR (./runs) -> $REPORTS_DIR (./reports)
     python -m analysis.plots runs/ --reports-dir /tmp/reports
+    python -m analysis.plots results/         # task folders -> one cross-task RESULTS.md
     python -m analysis.plots --source wandb   # $WANDB_ENTITY / $WANDB_PROJECT
     make plots
 
@@ -22,7 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import cli, paired, results
+from analysis import cli, paired, results, tasks
 from analysis.figures.bars import CATEGORIES, breakdown_parts, memory_breakdown, time_and_throughput
 from analysis.figures.common import pareto_front, variant_styles
 from analysis.figures.curves import ALPHA, RANK, accuracy_vs_rank, rank_sweeps, validation_curves
@@ -65,9 +66,14 @@ def write_reports(df: pd.DataFrame, reports_dir: Path, source: str = "",
                   runs_dir: Path | None = None) -> list[Path]:
     """All figures (PNG and SVG) and summary.md for the runs in `df`, plus RESULTS.md when
     `runs_dir` holds a published comparison (a FINDINGS.md; its figures then go to
-    reports_dir/results/); returns the files written."""
+    reports_dir/results/); for a folder of task folders only the cross-task RESULTS.md
+    (analysis.tasks_page); returns the files written."""
     from analysis.summary import FINDINGS_FILE, RESULTS_FIGURES, write_results_page, write_summary
 
+    if runs_dir is not None and tasks.is_multitask(runs_dir):  # results/<task>/ folders
+        from analysis import tasks_page  # imports this module
+
+        return tasks_page.write_page(df, reports_dir, runs_dir)
     agg = results.aggregate(results.finished(df))
     published = runs_dir is not None and (runs_dir / FINDINGS_FILE).is_file()
     # A published comparison's figures are committed beside RESULTS.md; they get a folder of
