@@ -182,3 +182,58 @@ def fake_wandb_api() -> FakeApi:
     no_method = FakeRun(name="n", id="20260101-x-cc", state="finished", group=None, path=[],
                         url=None, config={}, summary={}, rows=[])
     return FakeApi([lora, crashed, no_method])
+
+
+# Three published task folders for the cross-task page (analysis.tasks, analysis.tasks_page):
+# task -> (config.data, selection_metric or None for records from before the key,
+# experiment -> per seed (test accuracy, test macro-F1 or None)). LoRA's main configuration is
+# lora-all; lora-attention is a variant with fewer trainable parameters, so it sorts first.
+THREE_TASKS = {
+    "alpha-minilm": ("rotten_tomatoes", None, {
+        "head": [(0.70, None), (0.72, None), (0.74, None)],
+        "lora-all": [(0.80, None), (0.82, None), (0.84, None)],
+        "lora-attention": [(0.78, None)] * 3,
+        "full": [(0.90, None), (0.92, None), (0.94, None)]}),
+    "beta-minilm": ("reuters_r8", "macro_f1", {
+        "head": [(0.60, 0.50), (0.62, 0.52), (0.64, 0.57)],
+        "lora-all": [(0.75, 0.70), (0.75, 0.71), (0.75, 0.72)],
+        "full": [(0.80, 0.65), (0.80, 0.66), (0.80, 0.70)]}),
+    "gamma-minilm": ("newsgroups20", "accuracy", {
+        "head": [(0.85, None)] * 3,
+        "lora-all": [(0.84, None), (0.85, None), (0.86, None)],
+        "full": [(0.86, None)] * 3}),
+}
+TRAINABLE = {"head": 770, "lora-all": 3000, "lora-attention": 1000, "full": 100_000}
+TEST_EXAMPLES = 400
+
+
+@pytest.fixture
+def three_tasks(tmp_path: Path, make_record, ledger) -> Path:  # noqa: ANN001
+    """A results folder of three task folders (THREE_TASKS), 3 seeds each, with predictions:
+    a configuration with accuracy a gets the first a x 400 test examples right (nested, so
+    larger gaps are significant), fit time 10 + seed seconds, measured on a 16 x 64 batch."""
+    root = tmp_path / "results"
+    labels = np.arange(TEST_EXAMPLES) % 2
+    for task, (data, metric, experiments) in THREE_TASKS.items():
+        for experiment, scores in experiments.items():
+            method, _, targets = experiment.partition("-")
+            config = {R.C_DATA: data, **({method: {"targets": targets}} if targets else {})}
+            for seed, (acc, macro_f1) in enumerate(scores):
+                right = np.arange(TEST_EXAMPLES) < round(acc * TEST_EXAMPLES)
+                path = make_record(root / task, method, seed, acc, config=config,
+                                   memory=ledger(1_000_000, TRAINABLE[experiment]),
+                                   predictions=predictions(labels,
+                                                           np.where(right, labels, 1 - labels)))
+                rec = json.loads(path.read_text())
+                rec[R.EXPERIMENT] = experiment
+                rec.pop(R.SELECTION_METRIC, None)
+                if metric is not None:
+                    rec[R.SELECTION_METRIC] = metric
+                rec[R.METRICS].pop(R.TEST_MACRO_F1, None)
+                if macro_f1 is not None:
+                    rec[R.METRICS][R.TEST_MACRO_F1] = macro_f1
+                rec[R.PARAMS][R.P_TRAINABLE] = TRAINABLE[experiment]
+                rec[R.TIME] = {R.TRAIN_S: 10.0 + seed, R.PREPARE_S: 0.0}
+                rec[R.MEMORY][R.MEASURED_BATCH] = [16, 64]
+                path.write_text(json.dumps(rec))
+    return root
