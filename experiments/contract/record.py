@@ -152,6 +152,7 @@ PER_RANK = "per_rank"
 
 # env.*
 GIT_COMMIT = "git_commit"
+GIT_DIRTY = "git_dirty"  # tracked files differed from the commit when the run started
 DEVICE_NAME = "device_name"
 TORCH_VERSION = "torch"
 WANDB = "wandb"
@@ -162,7 +163,7 @@ NOT_HASHED = ("name", "runs_dir", "wandb", "wandb_project", "progress", "seed",
               "checkpoint_every", "keep_checkpoint", "resume", "save", "preset")
 # Config keys added after records were published: at these values the hash leaves them out, so
 # the hashes of earlier records (results/) still hold.
-HASH_OMITS_AT = {"test_split": True, "activation_checkpointing": False,
+HASH_OMITS_AT = {"test_split": True, "activation_checkpointing": False, "select_metric": "auto",
                  # a method's option, "<method>.<option>": the 4-bit base (methods/quantize.py)
                  "lora.quantize": "none", "lora.double_quant": True,
                  "dora.quantize": "none", "dora.double_quant": True}
@@ -245,6 +246,7 @@ ARTIFACT_FORMATS = "formats"  # {what: path relative to the run folder}, e.g. pe
 # data.*: how the splits were made, and what was dropped before splitting.
 D_SPLIT = "split"
 D_DUPLICATES_DROPPED = "duplicates_dropped"
+D_DUPLICATES_BY_SPLIT = "duplicates_dropped_by_split"  # {"train": n, "test": n, "train_in_test": n}
 D_UNLABELLED_DROPPED = "unlabelled_dropped"  # rows without a label in a labelled split
 D_UNLABELLED_SPLITS = "unlabelled_splits"  # hub splits without labels, never evaluated on
 D_TEXT_DROPPED = "rows_dropped_no_text"  # rows whose text was null or blank
@@ -256,9 +258,13 @@ D_SHARED = "shared_between_splits"  # {"train&test": texts in both, ...} after s
 PRESET = "preset"  # top-level: {"from": file or code PRESET, "values": {...}}
 PRESET_FROM = "from"
 PRESET_VALUES = "values"
-# Model selection within a run: the state with the best validation accuracy is tested and saved.
+# Model selection within a run: the state with the best validation score (in the task's metric)
+# is tested and saved.
 SELECTED_STEP = "selected_step"  # top-level: the optimizer step of the selected state
 SELECTION = "selection"  # top-level: how it was chosen
+SELECTION_METRIC = "selection_metric"  # top-level: the metric it maximised (a SELECT_METRICS)
+SELECT_METRICS = ("accuracy", "macro_f1")  # a split's metric names (harness/evaluation.py)
+VAL_SELECTED_SCORE = "val/selected_score"  # metrics.*: the selected state's validation score
 TEST_EVALUATED = "test_evaluated"  # top-level: false when test_split=false (validation only)
 PRUNED = "pruned"  # a run status: an observer (the tuner's pruner) stopped it early
 PRUNED_AT_STEP = "pruned_at_step"
@@ -282,7 +288,7 @@ QUANTIZED_PARAMS = "quantized_params"  # memory.*: elements held in 4 bits (the 
 ACTIVATION_CHECKPOINTING = "activation_checkpointing"  # a config key and memory.* flag
 
 # metrics.* for sentence-pair and imbalanced tasks: F1 of class 1 for binary tasks (macro-F1,
-# above, for several classes) and Matthews correlation for every task (CoLA's metric).
+# above, for every task) and Matthews correlation for every task (CoLA's metric).
 TEST_F1, VAL_F1 = "test/f1", "val/f1"
 TEST_MCC, VAL_MCC = "test/mcc", "val/mcc"
 
@@ -296,7 +302,8 @@ Params = TypedDict("Params", {P_TOTAL: int, P_TRAINABLE: int, P_HEAD: int, P_EMB
 Metrics = TypedDict("Metrics", {TEST_ACCURACY: float, TEST_MACRO_F1: float, TEST_N: int,
                                 TEST_F1: float, TEST_MCC: float, VAL_ACCURACY: float,
                                 VAL_BEST_ACCURACY: float, VAL_MACRO_F1: float, VAL_F1: float,
-                                VAL_MCC: float, TRAIN_LOSS_FINAL: float}, total=False)
+                                VAL_MCC: float, VAL_SELECTED_SCORE: float,
+                                TRAIN_LOSS_FINAL: float}, total=False)
 Time = TypedDict("Time", {TRAIN_S: float, EVAL_S: float, PREPARE_S: float, TOTAL_S: float,
                           SAMPLES_PER_S: float}, total=False)
 ValPoint = TypedDict("ValPoint", {H_STEP: int, H_ACCURACY: float}, total=False)

@@ -51,8 +51,8 @@ class Config:
 
     method: str = _f("lora", "fine-tuning method: " + ", ".join(METHODS))
     model: str = _f("minilm", "backbone: minilm (embedded), tiny-<arch>, a local dir or a hub id")
-    data: str = _f("rotten_tomatoes", "rotten_tomatoes, newsgroups20, a CSV/JSONL/Parquet path "
-                   "or a hub dataset name")
+    data: str = _f("rotten_tomatoes", "rotten_tomatoes, reuters_r8, newsgroups20, a "
+                   "CSV/JSONL/Parquet path or a hub dataset name")
     text_column: str = _f("text", "text column of a local file or hub dataset; two, comma "
                           "separated, for sentence pairs (sentence1,sentence2)")
     label_column: str = _f("label", "label column of a local file or hub dataset")
@@ -102,6 +102,10 @@ class Config:
     preset: str = _f("auto", "training defaults under the command line: auto (the method's entry "
                      "in experiments/presets/<data>-<model>.yaml when there is one, else its code "
                      "PRESET), code (the code PRESET), or a presets file path")
+    select_metric: str = _f("auto", "the validation metric that picks the state a run tests "
+                            "and saves (and the tuner maximises): accuracy, macro_f1, or auto "
+                            "(the task's: macro_f1 for reuters_r8 and newsgroups20, else "
+                            "accuracy)")
     test_split: bool = _f(True, "false: the test split is never loaded nor evaluated (validation "
                           "only, as the tuner's runs)")
     method_cfg: Any = field(default=None, repr=False, metadata={"doc": "the method's options"})
@@ -374,6 +378,7 @@ def validate(cfg: Config) -> None:
     _check_dist_method(cfg.dist, cfg.method)
     _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
     _choice("save", cfg.save, SAVE_MODES)
+    _choice("select_metric", cfg.select_metric, ("auto", *record.SELECT_METRICS))
     for key in RANGES:
         _check_range(key, getattr(cfg, key))
     if cfg.epochs == 0 and cfg.max_steps == 0:

@@ -38,8 +38,8 @@ class Predictions:
 
 
 class Evaluation(dict):
-    """The metrics of a split (a dict: accuracy, n, f1 or macro_f1, mcc) with `.predictions`
-    attached."""
+    """The metrics of a split (a dict: accuracy, n, macro_f1, f1 with two classes, mcc) with
+    `.predictions` attached."""
 
     predictions: Predictions
 
@@ -47,7 +47,7 @@ class Evaluation(dict):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Any,
              num_labels: int) -> Evaluation:
-    """Accuracy, F1 (macro-F1 with more than two classes) and Matthews correlation over a
+    """Accuracy, macro-F1 (and class 1's F1 with two classes) and Matthews correlation over a
     whole split, and the per-example predictions (`.predictions`).
 
     Under several processes each rank sees its shard (`distributed.eval_loader`); predictions
@@ -78,7 +78,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, ctx: Any,
 
 
 def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) -> dict[str, float]:
-    """accuracy, n, F1 of class 1 (two classes) or macro-F1 over classes (more), and Matthews
+    """accuracy, n, macro-F1 over classes, F1 of class 1 (two classes), and Matthews
     correlation (every task).
 
     Hand-written from the confusion matrix (numpy) rather than through scikit-learn, which the
@@ -90,10 +90,9 @@ def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) 
     tp, predicted, actual = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(predicted + actual > 0, 2 * tp / (predicted + actual), 0.0)
-    out = {"accuracy": float((pred == true).mean()) if len(true) else 0.0, "n": int(len(true))}
-    if num_labels > 2:
-        out["macro_f1"] = float(f1[:num_labels].mean())
-    else:
+    out = {"accuracy": float((pred == true).mean()) if len(true) else 0.0, "n": int(len(true)),
+           "macro_f1": float(f1[:num_labels].mean())}
+    if num_labels <= 2:
         out["f1"] = float(f1[1]) if k > 1 else 0.0
     n = cm.sum()
     cov_xy = tp.sum() * n - predicted @ actual

@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 from experiments.contract import record as R
 from experiments.dist import process as distributed
 from experiments.dist.strategy import of
-from experiments.harness import checkpoint
+from experiments.harness import checkpoint, selection
 from experiments.harness.batching import EpochOrder, PaddedRows, token_lengths
 from experiments.harness.config import Config
 from experiments.harness.evaluation import eval_loader, evaluate
 from experiments.harness.interrupt import DeferredInterrupt
 from experiments.harness.runtime import Context
-from experiments.harness.selection import RULE, BestState
+from experiments.harness.selection import BestState
 from experiments.harness.step import (
     NonFiniteLoss,
     apply_update,
@@ -118,6 +118,7 @@ class Loop:
         self.canonical_length = 0  # tokens of the batch the memory step measures (_loaders)
         self.steps_per_epoch = 0  # known once the loaders exist
         self.best = BestState()
+        self.metric = selection.metric(cfg)
         self.observe = observe
         self.interrupt = DeferredInterrupt()  # entered around `fit`: Ctrl-C at a step boundary
 
@@ -143,7 +144,7 @@ class Loop:
         epoch = p.step / self.steps_per_epoch if self.steps_per_epoch else float(p.epoch)
         self.tracker.log({**{f"val/{k}": v for k, v in val.items() if k != "n"},
                           EPOCH_KEY: epoch}, step=p.step)
-        self.best.offer(self.model, p.step, val["accuracy"])
+        self.best.offer(self.model, p.step, val[self.metric])
         if self.observe is not None and self.observe(p.val_history):
             raise Pruned(f"stopped by the validation observer at step {p.step}")
 
@@ -279,6 +280,7 @@ class Loop:
         self.best.restore(self.model)
         metrics = {R.VAL_ACCURACY: last["accuracy"],
                    R.VAL_BEST_ACCURACY: max(v["accuracy"] for v in p.val_history),
+                   R.VAL_SELECTED_SCORE: self.best.score,
                    R.TRAIN_LOSS_FINAL: p.loss_value}
         metrics.update({key: last[k] for k, key in VAL_EXTRA.items() if k in last})
         if loaders.test is not None:
@@ -291,7 +293,8 @@ class Loop:
             metrics.update({key: test[k] for k, key in TEST_EXTRA.items() if k in test})
         record.update({R.METRICS: metrics, R.VAL_HISTORY: p.val_history, R.STEPS: p.step,
                        R.EPOCHS: round(p.step / loaders.steps_per_epoch, 3),
-                       R.SELECTED_STEP: self.best.step, R.SELECTION: RULE,
+                       R.SELECTED_STEP: self.best.step, R.SELECTION: selection.rule(self.metric),
+                       R.SELECTION_METRIC: self.metric,
                        R.TEST_EVALUATED: loaders.test is not None})
         record[R.MEMORY] = per_rank(memory_record(
             peak, self.probe, record[R.PARAMS], self.ctx.precision,

@@ -33,7 +33,7 @@ def git_info(root: Path = REPO_ROOT, timeout: float = 10) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+    return {R.GIT_COMMIT: commit, R.GIT_DIRTY: bool(status) if status is not None else None}
 
 
 def cpu_model() -> str:

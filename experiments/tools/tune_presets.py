@@ -20,6 +20,7 @@ import yaml
 
 from experiments.contract import record as R
 from experiments.contract.io import atomic_write_text
+from experiments.inputs.tasks import task_metric
 
 HEADER = ("# Presets chosen by `make tune` (experiments/tools/tune.py) on the validation split\n"
           "# only; the harness applies a method's `values` for this data and model (preset=auto).\n"
@@ -65,7 +66,7 @@ def entry(study: optuna.Study, interior: bool, storage: str) -> dict[str, Any]:
             "interior": interior, "widened": study.user_attrs.get("widened", []),
             "trials": s["trials"], "pruned": s["pruned"], "failed": s["failed"],
             "diverged": s["diverged"], "best_validation": round(best.value, 4),
-            "metric": "val/best_accuracy (the state the run selects)",
+            "metric": f"val/{metric(spec)} of the state the run selects",
             "best_trial": best.number, "best_run": best.user_attrs.get("run_id"),
             "seed": spec["seed"], "sampler": study.user_attrs["sampler"],
             "pruner": study.user_attrs["pruner"],
@@ -103,8 +104,14 @@ def cost_rows(storages: list[str]) -> list[dict[str, Any]]:
                 continue
             s = summary(study)
             spec = study.user_attrs["spec"]
-            rows.append({"study": name, "method": spec["method"], "budget": budget(spec), **s})
-    return sorted(rows, key=lambda r: (R.method_rank(r["method"]), r["study"]))
+            rows.append({"study": name, "task": spec["data"], "method": spec["method"],
+                         "metric": metric(spec), "budget": budget(spec), **s})
+    return sorted(rows, key=lambda r: (r["task"], R.method_rank(r["method"]), r["study"]))
+
+
+def metric(spec: dict[str, Any]) -> str:
+    """The validation metric the study maximised (studies made before it was recorded: accuracy)."""
+    return task_metric(spec["data"], spec["args"].get("select_metric", "auto"))
 
 
 def budget(spec: dict[str, Any]) -> str:
@@ -115,23 +122,25 @@ def budget(spec: dict[str, Any]) -> str:
 
 def cost_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per study, trials, pruned, machine-minutes and that in full runs."""
-    out = ["| method | budget per trial | trials | pruned | failed | best val | machine-min | "
-           "one full run (min) | study ÷ full run |", "| --- | --- | ---: | ---: | ---: | ---: | "
-           "---: | ---: | ---: |"]
+    out = ["| task | method | budget per trial | trials | pruned | failed | best val | "
+           "machine-min | one full run (min) | study ÷ full run |", "| --- | --- | --- | ---: | "
+           "---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         full = r["full_run_s"]
         ratio = f"{r['machine_s'] / full:.1f}" if full else "—"
         best = f"{r['best'].value:.4f}" if r["best"] is not None else "—"
-        out.append(f"| {r['method']} | {r.get('budget', '')} | {r['trials']} | {r['pruned']} | "
-                   f"{r['failed']} | {best} | {r['machine_s'] / 60:.1f} | "
+        out.append(f"| {r.get('task', '')} | {r['method']} | {r.get('budget', '')} | "
+                   f"{r['trials']} | {r['pruned']} | {r['failed']} | {best} "
+                   f"({r.get('metric', 'accuracy')}) | {r['machine_s'] / 60:.1f} | "
                    f"{'—' if not full else f'{full / 60:.1f}'} | {ratio} |")
     return "\n".join(out)
 
 
 INTRO = ("## Tuning cost\n\n"
          "What `make tune` cost per study (docs/tuning.md): trials run, pruned and failed, the "
-         "best validation accuracy, the machine-minutes the study took (each trial's wall time "
-         "times its share of the cores) and that in full runs (a trial that ran to the end). "
+         "best validation score in the task's metric, the machine-minutes the study took (each "
+         "trial's wall time times its share of the cores) and that in full runs (a trial that "
+         "ran to the end). "
          "Regenerate with `python -m experiments.tools.tune --cost --write BENCHMARKS.md`; "
          "`make bench` keeps this section.\n\n")
 

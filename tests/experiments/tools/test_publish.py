@@ -18,7 +18,8 @@ def _strings(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-def _run(runs: Path, name: str, status: str) -> Path:
+def _run(runs: Path, name: str, status: str, dirty: bool | None = False,
+         commit: str = "c0ffee") -> Path:
     run = runs / name
     (run / "checkpoint").mkdir(parents=True)
     (run / "checkpoint" / "state.pt").write_bytes(b"x")
@@ -28,7 +29,8 @@ def _run(runs: Path, name: str, status: str) -> Path:
     rec = {R.RUN_ID: name, R.STATUS: status, R.RECORD_PATH: str(run / R.RECORD_FILE),
            R.LAST_CHECKPOINT: {"path": str(run / "checkpoint")},
            R.MODEL: {"location": "/opt/py/lib/python3.11/site-packages/pkg/model"},
-           R.ENV: {"argv": [str(REPO / "experiments" / "train.py"), "method=lora"]},
+           R.ENV: {"argv": [str(REPO / "experiments" / "train.py"), "method=lora"],
+                   R.GIT_COMMIT: commit, R.GIT_DIRTY: dirty},
            R.CONFIG: {"runs_dir": str(runs), "data": "/home/someone/data.csv"}}
     (run / R.RECORD_FILE).write_text(json.dumps(rec))
     return run
@@ -54,3 +56,30 @@ def test_publish_needs_a_runs_folder(tmp_path: Path) -> None:
     assert main([str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+
+
+def test_publish_refuses_dirty_or_mixed_commit_runs_before_writing(
+        tmp_path: Path, capsys: Any) -> None:
+    runs, dest = tmp_path / "runs", tmp_path / "results"
+    _run(runs, "a", R.FINISHED)
+    _run(runs, "b", R.FINISHED, dirty=True)
+    _run(runs, "c", R.FAILED, dirty=True)  # not published, so never judged
+    assert main([str(runs), str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 of 2 runs" in err and "--allow-dirty" in err
+    assert not dest.exists()
+    assert main([str(runs), str(dest), "--allow-dirty"]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["a", "b"]
+
+    mixed = tmp_path / "mixed"
+    _run(mixed, "a", R.FINISHED, commit="aaaaaaa1")
+    _run(mixed, "b", R.FINISHED, commit="bbbbbbb2")
+    assert main([str(mixed), str(tmp_path / "out")]) == 2
+    assert "2 commits (aaaaaaa, bbbbbbb)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main([str(mixed), str(tmp_path / "out"), "--allow-commits"]) == 0
+
+    unknown = tmp_path / "unknown"  # outside a git checkout: git_dirty is None, not clean
+    _run(unknown, "a", R.FINISHED, dirty=None)
+    assert main([str(unknown), str(tmp_path / "out2")]) == 2
+    assert main([str(unknown), str(tmp_path / "out2"), "--bogus"]) == 2

@@ -170,6 +170,49 @@ def test_best_validation_state_is_the_one_tested(tmp_path: Path) -> None:
     assert "best validation" in rec[R.SELECTION]
 
 
+def test_the_selected_state_is_the_best_in_the_chosen_metric(tmp_path: Path) -> None:
+    """select_metric=macro_f1 on an imbalanced task: the tested state is the step whose
+    validation macro-F1 (not accuracy) is best, and the record says the metric and its score."""
+    from experiments import train
+
+    words = ["good fine great", "bad awful poor", "odd plain dull"]
+    rows = [{"text": f"{words[c]} film number {i}", "label": c}
+            for i, c in enumerate([0] * 150 + [1] * 40 + [2] * 30)]
+    import pandas as pd
+
+    path = tmp_path / "imbalanced.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    rec = train.run(C.resolve({"method": "full", **TINY, "data": str(path), "max_steps": 6,
+                               "eval_every": 1, "lr": 0.05, "warmup_ratio": 0, "seed": 3,
+                               "select_metric": "macro_f1", "progress": False,
+                               "save": "none"}))
+    hist = rec[R.VAL_HISTORY]
+    best = max(hist, key=lambda h: h["macro_f1"])  # the earliest on a tie, as max() picks
+    # The case that tells the metrics apart: accuracy's best step is another one.
+    assert max(hist, key=lambda h: h[R.H_ACCURACY])[R.H_STEP] != best[R.H_STEP]
+    assert rec[R.SELECTION_METRIC] == "macro_f1" and "macro_f1" in rec[R.SELECTION]
+    assert rec[R.SELECTED_STEP] == best[R.H_STEP]
+    assert rec[R.METRICS][R.VAL_SELECTED_SCORE] == best["macro_f1"]
+
+
+def test_a_task_budget_is_the_real_budget_and_names_no_new_study() -> None:
+    """The task's own budget (experiments/inputs/tasks.py) in ARGS leaves the study name and
+    the presets path as without it; a budget beyond the task's is a small check kept apart."""
+    rt = tune.with_task_budget("rotten_tomatoes", {})
+    assert rt == {"max_length": "64"}
+    assert tune.study_name("lora", "rotten_tomatoes", "minilm", rt) == \
+        "rotten_tomatoes-minilm-lora"
+    r8 = tune.with_task_budget("reuters_r8", {})
+    assert tune.study_name("lora", "reuters_r8", "minilm", r8) == "reuters_r8-minilm-lora"
+    assert tune.default_presets("reuters_r8", "minilm", r8) == \
+        C.preset_path("reuters_r8", "minilm")
+    small = tune.with_task_budget("reuters_r8", {"train_size": "400"})
+    assert tune.study_name("lora", "reuters_r8", "minilm", small) != "reuters_r8-minilm-lora"
+    assert tune.default_presets("reuters_r8", "minilm", small).parent.name == "presets"
+    assert tune.default_presets("reuters_r8", "minilm", small) != \
+        C.preset_path("reuters_r8", "minilm")
+
+
 def _tuner(tmp_path: Path, trials: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "experiments.tools.tune", "lora", "--trials", str(trials),
            "--workers", "2", "--presets", str(tmp_path / "presets.yaml"),
