@@ -39,6 +39,32 @@ def test_committed_suites_resolve() -> None:
     assert ranks == [1, 2, 4, 8, 16, 32, 64]
 
 
+def test_each_comparison_suite_runs_its_task_at_the_task_budget() -> None:
+    """The three comparison suites: all nine methods, at least 3 seeds each, on their task at
+    the task's own budget (experiments/inputs/tasks.py), at the tuned presets (preset=auto)."""
+    from experiments.inputs.tasks import TASKS
+    from methods import METHODS
+
+    for task, protocol in TASKS.items():
+        jobs = suite.load_suite(f"compare-{task}")
+        assert {j.overrides["method"] for j in jobs} == set(METHODS), task
+        for job in jobs:
+            assert job.overrides["data"] == task
+            assert {k: job.overrides[k] for k in protocol.budget} == protocol.budget
+            assert job.overrides.get("preset", "auto") == "auto"
+        seeds = {}
+        for job in jobs:
+            seeds.setdefault(job.name, set()).add(job.seed)
+        assert min(len(s) for s in seeds.values()) >= 3, task
+    rt = suite.load_suite("compare-rotten_tomatoes")
+    sweep = {j.overrides["lora.rank"]: j for j in rt if j.name.startswith("lora-rslora")}
+    assert sorted(sweep) == [1, 2, 4, 8, 16, 32, 64]
+    from methods.lora import scale_factor
+
+    r8 = sweep[8].overrides  # the sweep's r=8 has LoRA's default scale, alpha 16 / r 8
+    assert scale_factor(r8["lora.alpha"], 8, r8["lora.scaling"]) == pytest.approx(2.0, abs=1e-6)
+
+
 def test_the_committed_comparison_is_what_its_suite_runs_with_equal_budgets() -> None:
     """results/ holds a finished record for every job of the published suite (so a preset
     changed without pinning the published config shows up here), and every method but the
@@ -93,7 +119,8 @@ def test_a_failing_run_is_logged_and_the_suite_goes_on(tmp_path: Path, runs_dir:
 
 
 def test_bad_suite_is_one_line() -> None:
-    known = "paper, precision, precision-subsample, published, quick, smoke"
+    known = ("compare-newsgroups20, compare-reuters_r8, compare-rotten_tomatoes, paper, "
+             "precision, precision-subsample, published, quick, smoke")
     with pytest.raises(UserError, match=f"known: {known}"):
         suite.load_suite("nosuch")
 
