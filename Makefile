@@ -92,7 +92,7 @@ notebook: $(STAMP) ## open analysis/compare.ipynb in JupyterLab from .venv (ARGS
 	$(BIN)/jupyter lab analysis/compare.ipynb $(ARGS)
 
 .PHONY: plots dashboard
-plots: $(STAMP) ## figures (PNG+SVG) and summary.md in $REPORTS_DIR (reports/) from $RUNS_DIR (runs/)
+plots: $(STAMP) ## figures (PNG+SVG) and summary.md in $REPORTS_DIR (reports/) from $RUNS_DIR (runs/); RUNS_DIR=results: one RESULTS.md over its task folders
 	$(BIN)/python -m analysis.plots
 
 dashboard: $(STAMP) ## one self-contained reports/dashboard.html: figures, runs table, configs

@@ -140,16 +140,14 @@ def task_claims(text: str, labels: list[str],
     return out
 
 
-def unsupported_claims(text: str, found: Mapping[str, list[Comparison]],
-                       labels: Mapping[str, list[str]],
-                       names: Mapping[str, Iterable[str]]) -> list[str]:
+def unsupported_claims(text: str, backing: Mapping[str, set[tuple[str, str]]],
+                       labels: Iterable[str], names: Mapping[str, Iterable[str]]) -> list[str]:
     """The orderings a multi-task FINDINGS claims that the tests do not support: a claim held to
-    a task (`task_claims`) needs that task's corrected tests (`found`: task -> its default
-    family) to support it, any other claim some task's; [] when every claim is supported."""
-    every = sorted({label for task_labels in labels.values() for label in task_labels})
-    backing = {task: supported(comparisons) for task, comparisons in found.items()}
+    a task (`task_claims`) needs that task's supported (better, worse) pairs (`backing`: task ->
+    `supported` of its default family) to hold it, any other claim some task's; `labels`: every
+    name a claim may use. [] when every claim is supported."""
     out = []
-    for task, better, worse in task_claims(text, every, names):
+    for task, better, worse in task_claims(text, sorted(set(labels)), names):
         scope = [task] if task is not None else list(backing)
         if not any((better, worse) in backing.get(t, set()) for t in scope):
             out.append(f"{better} > {worse} ({'on ' + task if task else 'on no task'})")

@@ -128,13 +128,22 @@ def _names(task: Task) -> list[str]:
     return [task.name, *([] if data is None else sorted(set(data.dropna().astype(str))))]
 
 
+def supported_by(task: Task) -> set[tuple[str, str]]:
+    """(better, worse) pairs the task's corrected paired tests support, by configuration label
+    and, for a main configuration, also by its method's name ('full > lora' for lora-all)."""
+    family = paired.default_family(
+        paired.comparisons(results.finished(task.runs), task.agg, _quiet), task.agg)
+    main = tasks.main_configurations(task.agg)
+    method = {str(r["label"]): str(r[R.METHOD]) for _, r in main.iterrows()}
+    return {(x, y) for a, b in orderings.supported(family)
+            for x in {a, method.get(a, a)} for y in {b, method.get(b, b)}}
+
+
 def findings_problems(found: list[Task], text: str) -> list[str]:
     """The orderings `text` (a multi-task FINDINGS) claims that no task's tests support (a
     claim under a task's heading: that task's), as 'A > B (on task)'; [] when none."""
-    families = {t.name: paired.default_family(
-        paired.comparisons(results.finished(t.runs), t.agg, _quiet), t.agg) for t in found}
-    labels = {t.name: [str(x) for x in t.agg["label"]] for t in found if "label" in t.agg}
-    return orderings.unsupported_claims(text, families, labels,
+    labels = {str(x) for t in found for x in (*t.agg.get("label", []), *tasks.methods([t]))}
+    return orderings.unsupported_claims(text, {t.name: supported_by(t) for t in found}, labels,
                                         {t.name: _names(t) for t in found})
 
 

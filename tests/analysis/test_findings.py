@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis import orderings, paired, results
+from analysis import orderings, paired, results, tasks, tasks_page
 
-PUBLISHED = Path(__file__).resolve().parents[2] / "results" / "rotten_tomatoes-minilm"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+PUBLISHED = RESULTS / "rotten_tomatoes-minilm"
 
 
 def test_claimed_orderings_are_read_with_whole_labels() -> None:
@@ -33,3 +34,30 @@ def test_findings_assert_no_ordering_the_tests_call_a_tie() -> None:
     assert not unsupported, f"FINDINGS asserts orderings the tests do not support: {unsupported}"
     tied = orderings.ties(shown)
     assert not [c for c in claims if frozenset(c) in tied]
+
+
+def test_a_claim_under_a_tasks_heading_belongs_to_that_task() -> None:
+    """A heading that names a task (folder or data, any case, '_' as a space) holds the claims
+    under it, and under its subheadings, to that task, until a heading of its level or above."""
+    text = ("full > head\n\n## Reuters R8\n\nfull > lora\n\n### Costs\n\nlora > head\n\n"
+            "## Overall\n\nlora > head\n\n# newsgroups20-minilm\n\nhead < full\n")
+    names = {"reuters_r8-minilm": ["reuters_r8-minilm", "reuters_r8"],
+             "newsgroups20-minilm": ["newsgroups20-minilm", "newsgroups20"]}
+    assert orderings.task_claims(text, ["full", "head", "lora"], names) == [
+        (None, "full", "head"), ("reuters_r8-minilm", "full", "lora"),
+        ("reuters_r8-minilm", "lora", "head"), (None, "lora", "head"),
+        ("newsgroups20-minilm", "full", "head")]
+
+
+@pytest.mark.skipif(not (RESULTS / "FINDINGS.md").is_file(),
+                    reason="no published multi-task comparison")
+def test_multitask_findings_assert_only_orderings_some_task_supports() -> None:
+    """results/FINDINGS.md, beside the task folders: every ordering it claims is supported by
+    the corrected paired tests of its task (under a task's heading) or of some task."""
+    found = tasks.split(tasks.load_runs(RESULTS))
+    text = (RESULTS / "FINDINGS.md").read_text()
+    labels = sorted({str(x) for t in found for x in t.agg["label"]})
+    assert orderings.claimed_orderings(text, labels), (
+        "FINDINGS states no ordering in the tables' names: the check would be empty")
+    unsupported = tasks_page.findings_problems(found, text)
+    assert not unsupported, f"FINDINGS asserts orderings the tests do not support: {unsupported}"

@@ -105,9 +105,10 @@ def test_real_runs_give_every_basic_plot_and_the_summary(real_runs: Path, tmp_pa
     # The paired test of the two, where the harness wrote per-example predictions.
     has_predictions = any(real_runs.glob(f"*/{R.PREDICTIONS_FILE}"))
     assert ("\n| head vs full | " in summary) == has_predictions
-    # binary runs: F1 of class 1 and Matthews correlation beside accuracy
-    assert ("| method | n | test accuracy (%) | test F1 (%) | test MCC | trainable params | % of "
-            "total |") in summary
+    # binary runs: F1 of class 1, macro-F1 (recorded on every task) and Matthews correlation
+    # beside accuracy
+    assert ("| method | n | test accuracy (%) | test F1 (%) | macro-F1 (%) | test MCC | "
+            "trainable params | % of total |") in summary
     assert "![val_curves](val_curves.png)" in summary
 
 

@@ -82,6 +82,11 @@ def test_a_findings_claim_no_task_supports_is_refused(three_tasks: Path, tmp_pat
     assert tasks_page.findings_problems(found, "full > head; full > lora") == []
     scoped = "## On newsgroups20\n\nfull > lora\n\n## Reuters R8\n\nfull > lora\n"
     assert tasks_page.findings_problems(found, scoped) == ["full > lora (on gamma-minilm)"]
+    # A method's name stands for its main configuration: alpha's LoRA configurations are
+    # labelled by their targets, and 'lora' there is lora-all ('lora all layers').
+    alpha = "## rotten_tomatoes\n\nfull > lora; full > lora all layers; lora attention > lora\n"
+    assert tasks_page.findings_problems(found, alpha) == [
+        "lora attention > lora (on alpha-minilm)"]
     # The page is still written, with the claim named on stderr.
     (three_tasks / "FINDINGS.md").write_text("head > full\n")
     assert plots.main([str(three_tasks), "--reports-dir", str(tmp_path)]) == 0
