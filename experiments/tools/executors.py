@@ -250,8 +250,10 @@ class RayExecutor:
         alive = {n["NodeManagerHostname"] for n in nodes if n["Alive"]}
         lost = {n["NodeManagerHostname"] for n in nodes if not n["Alive"]} - alive
         storage = study._storage  # Optuna's retry callback works on the storage too
+        from experiments.tools.tune_workers import claim_of
+
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("host") not in lost:
+            if (claim_of(t) or {}).get("host") not in lost:
                 continue
             storage.set_trial_user_attr(t._trial_id, "killed", True)  # before: FAIL is final
             if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):

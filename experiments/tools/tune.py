@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import sys
 import time
 import warnings
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import psutil
 
 from experiments.contract import record as R
 from experiments.harness.cli import EXIT_FAILED, EXIT_OK, run_main, split
@@ -45,7 +43,7 @@ from experiments.harness.config import (
 )
 from experiments.inputs.tasks import task_budget, task_metric
 from experiments.tools.executors import make_executor
-from experiments.tools.tune_workers import drive, retry
+from experiments.tools.tune_workers import CLAIM, claim_attr, drive, retry
 
 TRIALS = 12  # the same for every method
 EPOCHS = 2  # the tuning budget's epochs, the same for every method but those below
@@ -153,9 +151,8 @@ def run_trial(study_name: str, storage: str, runs_dir: str | None = None) -> dic
     trial = study.ask()
     study.sampler = _sampler(spec["seed"], trial.number)  # used by the suggestion below
     lr = trial.suggest_float("lr", rng["low"], rng["high"], log=True)
-    me = psutil.Process()
-    for key, value in {"host": socket.gethostname(), "pid": me.pid, "pid_t": me.create_time(),
-                       "threads": _threads(), "run_id": None, "error": None,
+    trial.set_user_attr(CLAIM, claim_attr(trial.number))  # one write: see tune_workers
+    for key, value in {"threads": _threads(), "run_id": None, "error": None,
                        "killed": False}.items():  # a retry starts from the killed one's
         trial.set_user_attr(key, value)
     overrides = trial_overrides(spec, lr, study_name, trial.number)

@@ -3,7 +3,10 @@
 A trial is its own process (`python -m experiments.tools.tune --trial STUDY --storage URL`), so
 a crash or a memory spike in one cannot take the study with it, and several run at once on one
 study. Optuna's heartbeat needs `study.optimize`, which one process per trial does not use, so a
-trial's liveness is its process id on its host.
+trial's liveness is its process id on its host: the trial process writes one `claim` attribute
+(host, pid, start time and the trial's own number) in a single write, so no check ever sees a
+half-written claim, and a retry, which inherits the killed trial's attributes, is not judged by
+the dead process's claim.
 """
 
 from __future__ import annotations
@@ -21,6 +24,21 @@ import optuna
 import psutil
 
 MAX_RETRY = 2  # retries of a trial whose process died
+CLAIM = "claim"  # a trial's user attribute: the process that runs it
+
+
+def claim_attr(number: int) -> dict[str, object]:
+    """The claim the calling process puts on trial `number`."""
+    me = psutil.Process()
+    return {"trial": number, "host": socket.gethostname(), "pid": me.pid,
+            "pid_t": me.create_time()}
+
+
+def claim_of(trial: optuna.trial.FrozenTrial) -> dict[str, object] | None:
+    """The trial's own claim: None until its process has written one (an inherited claim, a
+    retry's copy of the killed trial's, is not its own)."""
+    c = trial.user_attrs.get(CLAIM)
+    return c if isinstance(c, dict) and c.get("trial") == trial.number else None
 
 
 def _alive(pid: int, started: float) -> bool:
@@ -38,8 +56,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     the tuner there (or the Ray executor's own check of lost nodes)."""
     storage, dead = study._storage, []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        a = t.user_attrs
-        if a.get("host") != socket.gethostname() or _alive(a.get("pid", -1), a.get("pid_t", 0)):
+        c = claim_of(t)  # unclaimed: its process is starting (a launch's own check covers it)
+        if c is None or c["host"] != socket.gethostname() or _alive(c["pid"], c["pid_t"]):
             continue
         storage.set_trial_user_attr(t._trial_id, "killed", True)  # a finished trial takes none
         if storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
@@ -98,7 +116,7 @@ def drive(study: optuna.Study, storage: str, workers: int) -> None:
             procs = [p for p in procs if p.poll() is None]
             fail_dead_trials(study)
             # A process started but not yet holding its trial will take one of those to run.
-            pids = {t.user_attrs.get("pid") for t in study.get_trials(
+            pids = {(claim_of(t) or {}).get("pid") for t in study.get_trials(
                 deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
             pending = to_run(study) - sum(p.pid not in pids for p in procs)
             if pending <= 0 and not procs:

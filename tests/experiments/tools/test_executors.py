@@ -210,8 +210,8 @@ def test_a_trial_on_a_host_ray_lost_is_failed_and_queued_again() -> None:
 
     study = optuna.create_study()
     lost, kept = study.ask(), study.ask()
-    lost.set_user_attr("host", "gone")
-    kept.set_user_attr("host", "here")
+    lost.set_user_attr("claim", {"trial": lost.number, "host": "gone", "pid": 1, "pid_t": 0})
+    kept.set_user_attr("claim", {"trial": kept.number, "host": "here", "pid": 1, "pid_t": 0})
     ray_ex = executors.RayExecutor()
     ray_ex.ray = Nodes()
     retried: list[int] = []
