@@ -19,6 +19,9 @@ How a pair is tested (analysis.significance; docs/statistics.md says it for read
   - unequal seed counts: only matched seeds (the seed numbers both have; else the first ones)
     are compared, and the table says which: a configuration's extra seeds would otherwise make
     its mean less noisy than its rival's and the comparison lopsided.
+A task compared by macro-F1 (its runs' `selection_metric`) is tested the same way on each
+example's jackknife pseudo-value of macro-F1 in place of its 0/1 correctness (one seed each: a
+t-test over examples; analysis.significance.macro_f1_pseudo_values).
 Each test gives its p-value and 95% interval from one procedure: they cannot disagree.
 Holm's correction is applied over the family shown (`default_family`, or every pair for the
 CSV), and a difference whose adjusted p is 0.05 or more is a tie, '≈'.
@@ -37,7 +40,14 @@ from typing import Any
 import pandas as pd
 
 from analysis import results
-from analysis.significance import holm, mcnemar, seeds_by_examples, verdict
+from analysis.significance import (
+    examples_t,
+    holm,
+    macro_f1_pseudo_values,
+    mcnemar,
+    seeds_by_examples,
+    verdict,
+)
 from experiments.contract import record as R
 from experiments.contract.record import col
 
@@ -48,6 +58,7 @@ COLUMNS = (R.PRED_EXAMPLE, R.PRED_LABEL, R.PRED_PREDICTED)
 REFERENCE_FULL = "full"
 DEFAULT_LORA = {col(R.CONFIG, "lora.rank"): 8, col(R.CONFIG, "lora.targets"): "all"}
 MATRIX_CSV = "paired_matrix.csv"
+ACCURACY = "accuracy"  # a metric name (R.SELECT_METRICS)
 Warn = Callable[[str], None]
 
 
@@ -64,9 +75,9 @@ class Comparison:
     hash_a: str
     hash_b: str
     n: int  # shared test examples
-    acc_a: float  # mean accuracy over the seeds compared
+    acc_a: float  # the mean of `metric` over the seeds compared
     acc_b: float
-    diff: float  # acc_a - acc_b
+    diff: float  # acc_a - acc_b, as the test estimates it
     better_a: int  # examples a gets right more often than b (one seed each: a right, b wrong)
     better_b: int
     p_value: float  # two-sided, from `test`
@@ -75,10 +86,11 @@ class Comparison:
     seeds_a: tuple[int, ...]  # the seeds each configuration has
     seeds_b: tuple[int, ...]
     used: tuple[tuple[int, int], ...]  # the seed pairs compared (a's seed, b's seed)
-    test: str  # "McNemar exact" or "seeds × examples t"
+    test: str  # "McNemar exact", "seeds × examples t" (", jackknife" for macro-F1), "examples t"
     df: float = math.nan  # the t-test's degrees of freedom
     p_adjusted: float = math.nan  # Holm over the family the comparison is shown in
     family: int = 0  # that family's size
+    metric: str = "accuracy"  # what is compared: accuracy, or macro_f1 (jackknife)
 
     @property
     def result(self) -> str:
@@ -115,8 +127,10 @@ def read_predictions(path: str | Path, warn: Warn = _stderr) -> pd.DataFrame | N
     return frame.set_index(R.PRED_EXAMPLE).sort_index()
 
 
-def correctness(runs: Mapping[int, pd.DataFrame] | Iterable[pd.DataFrame]) -> pd.DataFrame | None:
-    """Seeds' predictions -> 1.0/0.0 per example (rows: example and label) and seed (columns).
+def correctness(runs: Mapping[int, pd.DataFrame] | Iterable[pd.DataFrame],
+                metric: str = ACCURACY) -> pd.DataFrame | None:
+    """Seeds' predictions -> each example's score (rows: example and label) per seed (columns):
+    1.0/0.0 for accuracy, the jackknife pseudo-value for macro-F1 (their mean is the metric).
 
     `runs` maps seed -> predictions (a plain list is numbered 0, 1, ...). None when the seeds
     disagree on the examples or their labels: then they were not tested on one split.
@@ -130,8 +144,22 @@ def correctness(runs: Mapping[int, pd.DataFrame] | Iterable[pd.DataFrame]) -> pd
     for seed, frame in zip(sorted(runs), frames, strict=True):
         if not index.equals(pd.MultiIndex.from_arrays([frame.index, frame[R.PRED_LABEL]])):
             return None
-        columns[seed] = (frame[R.PRED_PREDICTED] == frame[R.PRED_LABEL]).to_numpy(float)
+        label, predicted = frame[R.PRED_LABEL].to_numpy(), frame[R.PRED_PREDICTED].to_numpy()
+        columns[seed] = ((predicted == label).astype(float) if metric == ACCURACY
+                         else macro_f1_pseudo_values(label, predicted))
     return pd.DataFrame(columns, index=index)
+
+
+def metric_of(fin: pd.DataFrame) -> str:
+    """What the paired tests compare: the metric every finished run selected on (the record's
+    `selection_metric`) when they agree, else accuracy (older records, or mixed tasks)."""
+    said = fin[R.SELECTION_METRIC] if R.SELECTION_METRIC in fin else pd.Series(dtype=object)
+    found = set(said.dropna())
+    if len(fin) and len(said.dropna()) == len(fin) and len(found) == 1:
+        (metric,) = found
+        if metric in R.SELECT_METRICS:
+            return str(metric)
+    return ACCURACY
 
 
 def match_seeds(seeds_a: list[int], seeds_b: list[int]) -> list[tuple[int, int]]:
@@ -148,8 +176,9 @@ def match_seeds(seeds_a: list[int], seeds_b: list[int]) -> list[tuple[int, int]]
 
 
 def compare(correct_a: pd.DataFrame, correct_b: pd.DataFrame, a: str = "a", b: str = "b",
-            hash_a: str = "", hash_b: str = "") -> Comparison | None:
-    """The paired test of two `correctness` frames; None unless same examples and labels."""
+            hash_a: str = "", hash_b: str = "", metric: str = ACCURACY) -> Comparison | None:
+    """The paired test of two `correctness` frames (scored by `metric`); None unless same
+    examples and labels."""
     if not correct_a.index.equals(correct_b.index):
         return None
     used = match_seeds(list(correct_a.columns), list(correct_b.columns))
@@ -159,17 +188,20 @@ def compare(correct_a: pd.DataFrame, correct_b: pd.DataFrame, a: str = "a", b: s
     mean_d = d.mean(axis=0)
     better_a, better_b = int((mean_d > 0).sum()), int((mean_d < 0).sum())
     n = d.shape[1]
-    if len(used) == 1:
+    jackknife = "" if metric == ACCURACY else ", jackknife"
+    if len(used) == 1 and metric == ACCURACY:
         res, test = mcnemar(better_a, better_b, n), "McNemar exact"
+    elif len(used) == 1:
+        res, test = examples_t(d[0]), f"examples t{jackknife}"
     else:
-        res, test = seeds_by_examples(d), "seeds × examples t"
+        res, test = seeds_by_examples(d), f"seeds × examples t{jackknife}"
     return Comparison(
         a=a, b=b, hash_a=hash_a, hash_b=hash_b, n=n, acc_a=float(xa.mean()),
         acc_b=float(xb.mean()), diff=res.diff, better_a=better_a, better_b=better_b,
         p_value=res.p_value, ci_low=res.ci_low, ci_high=res.ci_high,
         seeds_a=tuple(int(s) for s in correct_a.columns),
         seeds_b=tuple(int(s) for s in correct_b.columns),
-        used=tuple((int(s), int(t)) for s, t in used), test=test, df=res.df)
+        used=tuple((int(s), int(t)) for s, t in used), test=test, df=res.df, metric=metric)
 
 
 def split_key(row: pd.Series) -> tuple[str, ...]:
@@ -192,14 +224,15 @@ def seed_predictions(df: pd.DataFrame, chash: str,
     return out
 
 
-def scored(df: pd.DataFrame, agg: pd.DataFrame, warn: Warn = _stderr) -> dict[str, pd.DataFrame]:
+def scored(df: pd.DataFrame, agg: pd.DataFrame, warn: Warn = _stderr,
+           metric: str = ACCURACY) -> dict[str, pd.DataFrame]:
     """config_hash -> `correctness` of its seeds, for configurations with usable predictions."""
     out: dict[str, pd.DataFrame] = {}
     if df.empty or results.RECORD_FILE not in df:
         return out
     for chash in agg[R.CONFIG_HASH]:
         runs = seed_predictions(df, chash, warn)
-        found = correctness(runs)
+        found = correctness(runs, metric)
         if found is not None:
             out[chash] = found
         elif runs:
@@ -218,19 +251,21 @@ def with_holm(found: list[Comparison]) -> list[Comparison]:
 def comparisons(df: pd.DataFrame, agg: pd.DataFrame | None = None,
                 warn: Warn = _stderr) -> list[Comparison]:
     """Every pair of finished configurations that share a test split and wrote predictions,
-    Holm-adjusted over all of them (the matrix). In the summary's order: a before b, a - b."""
+    Holm-adjusted over all of them (the matrix), in the runs' own metric (`metric_of`). In the
+    summary's order: a before b, a - b."""
     df = results.finished(df)
     if df.empty:
         return []
     agg = results.aggregate(df) if agg is None else agg
-    correct = scored(df, agg, warn)
+    metric = metric_of(df)
+    correct = scored(df, agg, warn, metric)
     out = []
     rows = [row for _, row in agg.iterrows() if row[R.CONFIG_HASH] in correct]
     for ra, rb in itertools.combinations(rows, 2):
         if split_key(ra) != split_key(rb):
             continue
         ha, hb = ra[R.CONFIG_HASH], rb[R.CONFIG_HASH]
-        found = compare(correct[ha], correct[hb], ra["label"], rb["label"], ha, hb)
+        found = compare(correct[ha], correct[hb], ra["label"], rb["label"], ha, hb, metric)
         if found is None:
             warn(f"warning: no paired test of {ra['label']} and {rb['label']}: same split "
                  "settings but different test examples or labels in their predictions")
@@ -329,8 +364,10 @@ def note(shown: list[Comparison], matrix: list[Comparison] | None = None,
          csv_name: str = MATRIX_CSV) -> str:
     """How to read the paired table, for the notes under it."""
     n = shown[0].n if shown else 0
+    metric = shown[0].metric if shown else ACCURACY
+    word = "accuracy" if metric == ACCURACY else "macro-F1"
     text = (f"Paired comparisons on the same {n:,} test examples, from each run's "
-            f"{R.PREDICTIONS_FILE}; difference = a - b in accuracy points over the seeds "
+            f"{R.PREDICTIONS_FILE}; difference = a - b in {word} points over the seeds "
             "compared. One seed each: McNemar's exact test, with the exact (Clopper-Pearson) "
             "interval of the same binomial. Several seeds: a t-test over seeds x test examples "
             "(seed pairs and examples both random; Satterthwaite degrees of freedom), so seed "
@@ -338,6 +375,11 @@ def note(shown: list[Comparison], matrix: list[Comparison] | None = None,
             f"the 95% CI come from one test and agree. Holm p: adjusted over the {len(shown)} "
             "comparisons of this table; 'result' is < or > where it is below 0.05, else ≈ "
             "(a tie: these data do not order the two).")
+    if metric != ACCURACY:
+        text += (" Macro-F1 is no mean over examples: each example's score is its jackknife "
+                 "pseudo-value, n F - (n - 1) F without that example, whose mean is the "
+                 "jackknife estimate of F; the tests run on those in place of 0/1 correctness "
+                 "(one seed each: a t-test over examples).")
     if matrix is not None and len(matrix) > len(shown):
         text += f" Every pair ({len(matrix)}, Holm over all of them): {csv_name}."
     return text
@@ -352,6 +394,7 @@ def matrix_frame(found: Iterable[Comparison]) -> pd.DataFrame:
         "family": c.family, "result": c.result, "better_a": c.better_a, "better_b": c.better_b,
         "seeds_a": " ".join(map(str, c.seeds_a)), "seeds_b": " ".join(map(str, c.seeds_b)),
         "seed_pairs": " ".join(f"{s}/{t}" for s, t in c.used), "test": c.test, "df": c.df,
+        "metric": c.metric,
     } for c in found])
 
 

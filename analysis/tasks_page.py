@@ -90,9 +90,9 @@ def task_section(task: Task, reports_dir: Path, images: list[str]) -> list[str]:
              f"{len(fin)} finished runs in `{task.name}/`, {len(task.agg)} configurations; "
              f"compared by test {task.word}.", "", *provenance(fin), ""]
     if task.metric != tasks.DEFAULT_METRIC:
-        lines += [f"The paired tests below compare accuracy (each test example right or "
-                  f"wrong), not {task.word}, which is no sum over examples: an ordering below "
-                  f"is an ordering in accuracy. The table gives {task.word} beside it.", ""]
+        lines += [f"The paired tests below compare {task.word}, through each test example's "
+                  "jackknife pseudo-value (notes under the table); the table gives accuracy "
+                  "beside it.", ""]
     lines += _demote(body(task.runs, task.agg, reports_dir / fig_dir / paired.MATRIX_CSV,
                           f"{fig_dir}/{paired.MATRIX_CSV}", True))
     lines += ["### Figures", "", *[f"![{Path(name).stem}]({name})" for name in images], ""]

@@ -190,3 +190,68 @@ def test_format_p() -> None:
     assert paired.format_p(0.4123) == "p = 0.41" and paired.format_p(0.0031) == "p = 0.0031"
     assert paired.format_p(0.0004) == "p < 0.001" and paired.format_p(1.0) == "p = 1"
     assert paired.format_p(math.nan) == "p = —"
+
+
+def _macro_f1(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    """Macro-F1 over k classes by its definition (a class never seen counts 0)."""
+    f1 = []
+    for c in range(k):
+        tp, fp, fn = ((p == c) & (y == c)).sum(), ((p == c) & (y != c)).sum(), \
+            ((p != c) & (y == c)).sum()
+        f1.append(2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0)
+    return float(np.mean(f1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_macro_f1_pseudo_values_are_the_leave_one_out_jackknife(seed: int) -> None:
+    """Each pseudo-value is n F - (n-1) F(-i) with F(-i) recomputed from scratch, including
+    examples whose removal empties a class (the last of its kind)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, 60)
+    p = np.where(rng.random(60) < 0.6, y, rng.integers(0, 5, 60))
+    y[0], p[0] = 4, 3  # the only example of class 4: its removal empties the class
+    y[y == 4] = 3
+    y[0] = 4
+    k, n = 5, len(y)
+    full = _macro_f1(y, p, k)
+    keep = np.ones(n, bool)
+    brute = []
+    for i in range(n):
+        keep[i] = False
+        brute.append(n * full - (n - 1) * _macro_f1(y[keep], p[keep], k))
+        keep[i] = True
+    np.testing.assert_allclose(significance.macro_f1_pseudo_values(y, p, k), brute, atol=1e-9)
+
+
+def test_pseudo_values_of_a_perfect_or_accuracy_like_run() -> None:
+    """All right: every pseudo-value is 1 (macro-F1 1 without any one example)."""
+    y = np.array([0, 1, 2, 0, 1, 2])
+    np.testing.assert_allclose(significance.macro_f1_pseudo_values(y, y), 1.0)
+
+
+def test_a_macro_f1_task_is_tested_in_macro_f1_where_accuracy_sees_no_difference() -> None:
+    """Same accuracy, different macro-F1: a run that always says the majority class against
+    one that gets the rare classes right and as many majority examples wrong. The accuracy
+    test finds nothing; the macro-F1 test (jackknife) finds the difference."""
+    y = np.array([0] * 240 + [1] * 30 + [2] * 30)
+    majority = np.zeros_like(y)
+    spread = y.copy()
+    spread[:60] = 1  # 60 majority examples wrong, the 60 rare ones right: same accuracy
+    seeds = range(3)
+
+    def frames(pred: np.ndarray) -> list[pd.DataFrame]:
+        flip = [pred.copy() for _ in seeds]
+        for s, f in zip(seeds, flip, strict=True):  # seeds differ a little, as seeds do
+            f[[100 + s, 200 + s]] = 1 - (f[[100 + s, 200 + s]] > 0)
+        return [pd.DataFrame({R.PRED_LABEL: y, R.PRED_PREDICTED: f}).rename_axis(
+            R.PRED_EXAMPLE) for f in flip]
+
+    by_acc = paired.compare(paired.correctness(frames(spread)),
+                            paired.correctness(frames(majority)))
+    by_f1 = paired.compare(paired.correctness(frames(spread), "macro_f1"),
+                           paired.correctness(frames(majority), "macro_f1"), metric="macro_f1")
+    assert by_acc is not None and by_f1 is not None
+    assert abs(by_acc.diff) < 1e-9 and by_acc.p_value > 0.5
+    expected = _macro_f1(y, spread, 3) - _macro_f1(y, majority, 3)
+    assert by_f1.diff == pytest.approx(expected, abs=0.02) and by_f1.p_value < 0.001
+    assert by_f1.test == "seeds × examples t, jackknife" and by_f1.metric == "macro_f1"
