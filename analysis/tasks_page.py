@@ -58,6 +58,8 @@ def _draw(name: str, task: Task) -> Figure | None:
     y = task.columns[0][0]
     if name in SCATTER and y != ACCURACY:
         return PLOTS[name](task.agg, y=y)  # type: ignore[call-arg]  # the scatter figures take y
+    if name == "val_curves":
+        return PLOTS[name](task.agg, metric=task.metric)  # type: ignore[call-arg]
     return PLOTS[name](task.agg)
 
 

@@ -37,8 +37,9 @@ def _epochs_per_step(row: pd.Series) -> float | None:
 
 
 @paper_style
-def validation_curves(agg: pd.DataFrame) -> Figure | None:
-    """Validation accuracy over training, one panel per method (mean over seeds, ±1 std band).
+def validation_curves(agg: pd.DataFrame, metric: str = R.H_ACCURACY) -> Figure | None:
+    """Validation accuracy (or another metric of the history, e.g. macro_f1) over training, one
+    panel per method (mean over seeds, ±1 std band).
 
     One panel each, with epochs on x, because the methods' budgets differ by an order of
     magnitude (the head trains 30 epochs on cached features, the others 1 to 3): on one shared
@@ -46,7 +47,7 @@ def validation_curves(agg: pd.DataFrame) -> Figure | None:
     levelled off is what the curves are read for."""
     if R.VAL_HISTORY not in agg:
         return None
-    curves = [(row, results.mean_curve(row[R.VAL_HISTORY])) for _, row in agg.iterrows()]
+    curves = [(row, results.mean_curve(row[R.VAL_HISTORY], metric)) for _, row in agg.iterrows()]
     curves = [(row, c) for row, c in curves if len(c)]
     if not curves:
         return None
@@ -59,6 +60,7 @@ def validation_curves(agg: pd.DataFrame) -> Figure | None:
     for ax in panels[len(methods):]:
         ax.set_visible(False)
     styles = variant_styles(agg)
+    word = "accuracy" if metric == R.H_ACCURACY else metric.replace("macro_f1", "macro-F1")
     scales = [_epochs_per_step(row) for row, _ in curves]
     in_epochs = all(scales)
     for (row, c), scale in zip(curves, scales, strict=True):
@@ -78,8 +80,8 @@ def validation_curves(agg: pd.DataFrame) -> Figure | None:
     for ax in panels[-ncols:]:  # the bottom row
         ax.set_xlabel("epoch" if in_epochs else "optimizer step")
     for ax in panels[::ncols]:  # the left column
-        ax.set_ylabel("val. accuracy (%)")
-    fig.suptitle("Validation accuracy during training")
+        ax.set_ylabel(f"val. {word} (%)")
+    fig.suptitle(f"Validation {word} during training")
     legend_below(fig, title="mean ± 1 std over seeds")
     return fig
 

@@ -92,3 +92,17 @@ def test_a_findings_claim_no_task_supports_is_refused(three_tasks: Path, tmp_pat
     (three_tasks / "FINDINGS.md").write_text("head > full\n")
     assert plots.main([str(three_tasks), "--reports-dir", str(tmp_path)]) == 0
     assert "head > full (on no task)" in capsys.readouterr().err
+
+
+def test_a_macro_f1_tasks_validation_curves_show_macro_f1(three_tasks: Path) -> None:
+    """The curves of a task compared by macro-F1 draw its validation macro-F1 history, the
+    others their accuracy."""
+    found = {t.name: t for t in tasks.split(tasks.load_runs(three_tasks))}
+    beta = tasks_page._draw("val_curves", found["beta-minilm"])
+    alpha = tasks_page._draw("val_curves", found["alpha-minilm"])
+    assert beta is not None and alpha is not None
+    assert beta.axes[0].get_ylabel() == "val. macro-F1 (%)"
+    assert alpha.axes[0].get_ylabel() == "val. accuracy (%)"
+    head = next(ax for ax in beta.axes if ax.get_title() == "head")
+    # The head's macro-F1 seeds 0.50, 0.52, 0.57, each history point macro-F1 - 0.1 / step.
+    assert head.get_lines()[0].get_ydata()[-1] == pytest.approx(100 * (0.53 - 0.1 / 4))
