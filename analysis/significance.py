@@ -85,12 +85,15 @@ def seeds_by_examples(d: np.ndarray, confidence: float = CONFIDENCE) -> Result:
         v, df = ms_example, n - 1
     else:
         v, df = ms_resid, (k - 1) * (n - 1)
-    se = math.sqrt(max(v, 0.0) / (k * n))
-    if se == 0:  # every seed pair agrees on every example: nothing to test
-        return Result(mean, 1.0, mean, mean, float(df))
+    return _t(mean, math.sqrt(max(v, 0.0) / (k * n)), float(df), confidence)
+
+
+def _t(mean: float, se: float, df: float, confidence: float) -> Result:
+    """The t-test of a mean with standard error se on df degrees of freedom (se 0: p = 1)."""
+    if se == 0:  # every pair agrees on every example: nothing to test
+        return Result(mean, 1.0, mean, mean, df)
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    p = float(2 * stats.t.sf(abs(mean) / se, df))
-    return Result(mean, p, mean - half, mean + half, float(df))
+    return Result(mean, float(2 * stats.t.sf(abs(mean) / se, df)), mean - half, mean + half, df)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -118,13 +121,9 @@ def verdict(diff: float, p_adjusted: float, alpha: float = ALPHA) -> str:
 
 def examples_t(d: np.ndarray, confidence: float = CONFIDENCE) -> Result:
     """The paired t-test of mean(d) over examples (one seed pair: no seed effect to estimate)."""
-    n, mean = len(d), float(np.mean(d))
+    n = len(d)
     se = float(np.std(d, ddof=1)) / math.sqrt(n) if n > 1 else 0.0
-    if se == 0:
-        return Result(mean, 1.0, mean, mean, float(n - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
-    return Result(mean, float(2 * stats.t.sf(abs(mean) / se, n - 1)), mean - half, mean + half,
-                  float(n - 1))
+    return _t(float(np.mean(d)), se, float(n - 1), confidence)
 
 
 def macro_f1_pseudo_values(label: np.ndarray, predicted: np.ndarray,

@@ -41,7 +41,7 @@ from experiments.harness.config import (
     preset_path,
     resolve,
 )
-from experiments.inputs.tasks import task_budget, task_metric
+from experiments.inputs.tasks import task_budget
 from experiments.tools.executors import make_executor
 from experiments.tools.tune_workers import CLAIM, claim_attr, drive, retry
 
@@ -145,6 +145,7 @@ def run_trial(study_name: str, storage: str, runs_dir: str | None = None) -> dic
     retried trial resumes its killed run from the run's checkpoint (resume=auto finds it: the
     same config and seed)."""
     from experiments import train
+    from experiments.tools import tune_presets as P
 
     study = load_study(study_name, storage)
     spec, rng = study.user_attrs["spec"], study.user_attrs["range"]
@@ -164,7 +165,7 @@ def run_trial(study_name: str, storage: str, runs_dir: str | None = None) -> dic
     info = {"study": study_name, "trial": trial.number}
     t0 = time.perf_counter()
     try:
-        record = _run(train, overrides, Reporter(trial, _metric(spec)), retried, info)
+        record = _run(train, overrides, Reporter(trial, P.metric(spec)), retried, info)
     except KeyboardInterrupt:  # Ctrl-C: the run keeps its checkpoint; a rerun resumes it
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         retry(study, trial.number)
@@ -172,12 +173,7 @@ def run_trial(study_name: str, storage: str, runs_dir: str | None = None) -> dic
     except Exception:  # the run failed and wrote its record saying why
         record = _find_record(trial_runs, info)
     trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 1))
-    return _tell(study, trial, record, _metric(spec))
-
-
-def _metric(spec: dict[str, Any]) -> str:
-    """The validation metric the study's runs select by, reported and maximised."""
-    return task_metric(spec["data"], spec["args"].get("select_metric", "auto"))
+    return _tell(study, trial, record, P.metric(spec))
 
 
 def _run(train: Any, overrides: dict[str, Any], observe: Any, retried: bool,
