@@ -170,8 +170,28 @@ def _header(found: list[Task], runs_dir: Path) -> list[str]:
              f"{time.strftime('%Y-%m-%d', time.gmtime())} from the {n} finished run records in "
              f"the {len(found)} task folder{'s' if len(found) != 1 else ''} of `{runs_dir}/`.", ""]
     lines += [f"- `{t.name}/`: {', '.join(_names(t)[1:]) or 'data unknown'}; compared by test "
-              f"{t.word}; {len(t.agg)} configurations." for t in found]
+              f"{t.word}; {len(t.agg)} configurations; {sizes(t)}." for t in found]
     return [*lines, ""]
+
+
+def _count(fin: pd.DataFrame, column: str) -> str:
+    """A count column's value over the runs ('2,000', or '1,000-2,000' where runs differ)."""
+    values = sorted({int(v) for v in fin.get(column, pd.Series(dtype=float)).dropna()})
+    return "-".join(f"{v:,}" for v in values[:: max(1, len(values) - 1)]) or "?"
+
+
+def sizes(task: Task) -> str:
+    """How much of each split the task's runs used, saying where that was a subsample, and the
+    token budget: 'train 2,000 of 4,877 rows (a subsample), validation 542, test 2,176;
+    max_length 128'."""
+    fin = results.finished(task.runs)
+    parts = []
+    for split in ("train", "validation", "test"):
+        used = _count(fin, col(R.DATA, R.D_ROWS.format(split)))
+        whole = _count(fin, col(R.DATA, f"{R.D_SPLIT_ROWS}.{split}"))
+        parts.append(f"{split} {used}" + ("" if whole in ("?", used) else
+                                          f" of {whole} rows (a subsample)"))
+    return ", ".join(parts) + f"; max_length {_count(fin, col(R.CONFIG, R.C_MAX_LENGTH))}"
 
 
 def _clear_single_task(fig_root: Path) -> None:

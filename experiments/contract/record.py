@@ -178,6 +178,7 @@ C_LABEL_COLUMN = "label_column"
 C_TRAIN_SIZE = "train_size"
 C_EVAL_SIZE = "eval_size"
 C_MAX_STEPS = "max_steps"
+C_MAX_LENGTH = "max_length"
 # The config keys that fix the test split (the test subsample is a fixed shuffle's first
 # eval_size rows): runs that agree on them were tested on the same examples.
 TEST_SPLIT_KEYS = (C_DATA, C_TEXT_COLUMN, C_LABEL_COLUMN, C_EVAL_SIZE)
@@ -252,6 +253,8 @@ D_UNLABELLED_SPLITS = "unlabelled_splits"  # hub splits without labels, never ev
 D_TEXT_DROPPED = "rows_dropped_no_text"  # rows whose text was null or blank
 D_LABELS_NORMALISED = "labels_normalised"  # rows whose label differed from its class's spelling
 D_LABEL_SPELLINGS = "label_spellings_merged"  # {class: [other spellings merged into it]}
+D_ROWS = "{}_rows"  # a split's rows used (train_rows, validation_rows, test_rows)
+D_SPLIT_ROWS = "split_rows"  # {split: rows} before train_size / eval_size subsampling
 D_SHARED = "shared_between_splits"  # {"train&test": texts in both, ...} after subsampling
 
 # Where a run's training defaults came from (`preset=`; experiments/presets/, `make tune`).

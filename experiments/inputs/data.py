@@ -422,6 +422,7 @@ def load_data(cfg: Config) -> DataBundle:
     if not cfg.test_split:  # validation only (the tuner): no test row leaves the data layer
         del s["test"]
     refuse_contained_splits(s, cfg.data)
+    bundle.info[R.D_SPLIT_ROWS] = {k: len(s[k]) for k in s}
     s["train"] = _subsample(s["train"], cfg.train_size)
     s["validation"] = _subsample(s["validation"], cfg.eval_size)
     if "test" in s:
@@ -435,7 +436,7 @@ def load_data(cfg: Config) -> DataBundle:
     for k in [k for k in ("validation", "test") if k in s]:
         if len(s[k]) == 0:
             raise UserError(f"{cfg.data}: the {k} split is empty; use more data")
-    bundle.info.update({f"{k}_rows": len(s[k]) for k in s})
+    bundle.info.update({R.D_ROWS.format(k): len(s[k]) for k in s})
     bundle.info[R.D_SHARED] = shared = shared_between_splits(s)
     if any(shared.values()) and os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(f"warning: {cfg.data}: texts shared between splits "

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from experiments.contract import record as R
 from experiments.harness.config import UserError, resolve
 from experiments.inputs.data import (
     load_data,
@@ -42,6 +43,10 @@ def test_subsample_is_deterministic() -> None:
     a, b = load_data(cfg), load_data(cfg)
     assert len(a.splits["train"]) == 100 and len(a.splits["test"]) == 40
     assert a.splits["train"]["text"] == b.splits["train"]["text"]
+    # the record says both what was used and what the split held before subsampling
+    assert (a.info["train_rows"], a.info["test_rows"]) == (100, 40)
+    whole = a.info[R.D_SPLIT_ROWS]
+    assert whole["train"] > 10_000 and whole["test"] > 1_000
 
 
 def _write(tmp_path: Path, name: str, df: pd.DataFrame) -> str:
