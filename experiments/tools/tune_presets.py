@@ -115,9 +115,15 @@ def metric(spec: dict[str, Any]) -> str:
 
 
 def budget(spec: dict[str, Any]) -> str:
-    """What one trial trains: the whole split unless ARGS shrank it, and the epochs."""
-    shown = " ".join(f"{k}={v}" for k, v in spec["args"].items()) or "whole train split"
-    return f"{shown}, {spec['epochs']} epochs"
+    """What one trial trains, as resolved (a study made before the task's budget was written
+    into its ARGS trained at the same defaults): its rows, max_length, other ARGS and epochs."""
+    from experiments.harness.config import resolve
+
+    args = spec["args"]
+    cfg = resolve({"method": spec["method"], "data": spec["data"], **args})
+    rows = f"train_size={cfg.train_size}" if cfg.train_size else "whole train split"
+    rest = [f"{k}={v}" for k, v in args.items() if k not in ("train_size", "max_length")]
+    return ", ".join([rows, f"max_length={cfg.max_length}", *rest, f"{spec['epochs']} epochs"])
 
 
 def cost_table(rows: list[dict[str, Any]]) -> str:

@@ -213,6 +213,22 @@ def test_a_task_budget_is_the_real_budget_and_names_no_new_study() -> None:
         C.preset_path("reuters_r8", "minilm")
 
 
+def test_the_cost_table_states_each_study_budget_as_resolved() -> None:
+    """A study made before the task's budget went into its ARGS trained at the same defaults,
+    and the cost table says so; a subsample and extra ARGS are named."""
+    from experiments.tools import tune_presets as P
+
+    def spec(data: str, args: dict, epochs: int = 2) -> dict:
+        return {"method": "lora", "data": data, "args": args, "epochs": epochs}
+
+    same = "whole train split, max_length=64, 2 epochs"
+    assert P.budget(spec("rotten_tomatoes", {})) == same
+    assert P.budget(spec("rotten_tomatoes", {"max_length": "64"})) == same
+    assert P.budget(spec("reuters_r8", {"max_length": "128", "train_size": "2000",
+                                        "eval_size": "200"}, 30)) == \
+        "train_size=2000, max_length=128, eval_size=200, 30 epochs"
+
+
 def _tuner(tmp_path: Path, trials: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "experiments.tools.tune", "lora", "--trials", str(trials),
            "--workers", "2", "--presets", str(tmp_path / "presets.yaml"),
