@@ -150,18 +150,6 @@ def correctness(runs: Mapping[int, pd.DataFrame] | Iterable[pd.DataFrame],
     return pd.DataFrame(columns, index=index)
 
 
-def metric_of(fin: pd.DataFrame) -> str:
-    """What the paired tests compare: the metric every finished run selected on (the record's
-    `selection_metric`) when they agree, else accuracy (older records, or mixed tasks)."""
-    said = fin[R.SELECTION_METRIC] if R.SELECTION_METRIC in fin else pd.Series(dtype=object)
-    found = set(said.dropna())
-    if len(fin) and len(said.dropna()) == len(fin) and len(found) == 1:
-        (metric,) = found
-        if metric in R.SELECT_METRICS:
-            return str(metric)
-    return ACCURACY
-
-
 def match_seeds(seeds_a: list[int], seeds_b: list[int]) -> list[tuple[int, int]]:
     """The seed pairs to compare: all seeds when the counts are equal (same numbers together,
     else in order); with unequal counts only the seed numbers both have, or the first ones."""
@@ -251,13 +239,13 @@ def with_holm(found: list[Comparison]) -> list[Comparison]:
 def comparisons(df: pd.DataFrame, agg: pd.DataFrame | None = None,
                 warn: Warn = _stderr) -> list[Comparison]:
     """Every pair of finished configurations that share a test split and wrote predictions,
-    Holm-adjusted over all of them (the matrix), in the runs' own metric (`metric_of`). In the
-    summary's order: a before b, a - b."""
+    Holm-adjusted over all of them (the matrix), in the metric the runs selected on
+    (`results.selected_metric`). In the summary's order: a before b, a - b."""
     df = results.finished(df)
     if df.empty:
         return []
     agg = results.aggregate(df) if agg is None else agg
-    metric = metric_of(df)
+    metric = results.selected_metric(df, warn=warn)
     correct = scored(df, agg, warn, metric)
     out = []
     rows = [row for _, row in agg.iterrows() if row[R.CONFIG_HASH] in correct]

@@ -87,6 +87,26 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+DEFAULT_METRIC = "accuracy"  # records from before `selection_metric` selected on accuracy
+
+
+def selected_metric(fin: pd.DataFrame, name: str = "", warn: Warn = _stderr) -> str:
+    """The metric finished runs selected on (their `selection_metric`; older records:
+    accuracy); where they disagree, the most common, with a warning naming `name`."""
+    if fin.empty:
+        return DEFAULT_METRIC
+    said = (fin[R.SELECTION_METRIC] if R.SELECTION_METRIC in fin
+            else pd.Series(None, index=fin.index, dtype=object))
+    said = said.where(said.isin(R.SELECT_METRICS), DEFAULT_METRIC)
+    counts = said.value_counts()
+    picked = min(counts.index, key=lambda m: (-counts[m], R.SELECT_METRICS.index(m)))
+    if len(counts) > 1:
+        found = ", ".join(f"{m} ({counts[m]})" for m in sorted(counts.index))
+        warn(f"warning: the runs{f' of task {name}' if name else ''} selected on different "
+             f"metrics ({found}); they are compared by {picked}")
+    return str(picked)
+
+
 def number(value: Any) -> float:
     """A record value as a float: NaN for None, NaN, text and anything else that is no number."""
     try:

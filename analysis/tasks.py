@@ -35,7 +35,6 @@ from experiments.contract import record as R
 from experiments.contract.record import col, method_rank
 
 TASK = "task"  # the column load_runs adds to each run: its task folder's name
-DEFAULT_METRIC = "accuracy"  # records from before `selection_metric` selected on accuracy
 # The metric columns a task shows, its own first: a macro-F1 task shows accuracy beside it.
 METRIC_COLUMNS = {"accuracy": ((ACCURACY, "accuracy"),),
                   "macro_f1": ((MACRO_F1, "macro-F1"), (ACCURACY, "accuracy"))}
@@ -93,22 +92,6 @@ def load_runs(runs_dir: Path, warn: Warn = _stderr) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def task_metric(fin: pd.DataFrame, name: str = "", warn: Warn = _stderr) -> str:
-    """The metric a task's finished runs selected on; the most common where they disagree."""
-    if fin.empty:
-        return DEFAULT_METRIC
-    said = (fin[R.SELECTION_METRIC] if R.SELECTION_METRIC in fin
-            else pd.Series(None, index=fin.index, dtype=object))
-    said = said.where(said.isin(R.SELECT_METRICS), DEFAULT_METRIC)
-    counts = said.value_counts()
-    picked = min(counts.index, key=lambda m: (-counts[m], R.SELECT_METRICS.index(m)))
-    if len(counts) > 1:
-        found = ", ".join(f"{m} ({counts[m]})" for m in sorted(counts.index))
-        warn(f"warning: the runs of task {name} selected on different metrics ({found}); "
-             f"it is compared by {picked}")
-    return str(picked)
-
-
 def split(df: pd.DataFrame, warn: Warn = _stderr) -> list[Task]:
     """load_runs' frame -> one Task per folder, by name (columns no run of it has dropped)."""
     if df.empty or TASK not in df:
@@ -118,7 +101,7 @@ def split(df: pd.DataFrame, warn: Warn = _stderr) -> list[Task]:
         runs = group.dropna(axis=1, how="all").reset_index(drop=True)
         fin = results.finished(runs)
         out.append(Task(str(name), runs, results.aggregate(fin),
-                        task_metric(fin, str(name), warn)))
+                        results.selected_metric(fin, str(name), warn)))
     return out
 
 

@@ -49,7 +49,7 @@ def _quiet(_: str) -> None:
 
 def figure_name(name: str, task: Task) -> str:
     """A figure's file name on a task: the scatter figures say the task's metric."""
-    if name in SCATTER and task.metric != tasks.DEFAULT_METRIC:
+    if name in SCATTER and task.metric != results.DEFAULT_METRIC:
         return name.replace("accuracy", task.metric, 1)
     return name
 
@@ -91,7 +91,7 @@ def task_section(task: Task, reports_dir: Path, images: list[str]) -> list[str]:
     lines = [f"## Task: {task.name}", "",
              f"{len(fin)} finished runs in `{task.name}/`, {len(task.agg)} configurations; "
              f"compared by test {task.word}.", "", *provenance(fin), ""]
-    if task.metric != tasks.DEFAULT_METRIC:
+    if task.metric != results.DEFAULT_METRIC:
         lines += [f"The paired tests below compare {task.word}, through each test example's "
                   "jackknife pseudo-value (notes under the table); the table gives accuracy "
                   "beside it.", ""]

@@ -43,9 +43,10 @@ def test_each_task_is_compared_by_the_metric_its_runs_selected_on(
 def test_records_that_disagree_on_the_metric_are_compared_by_the_most_common() -> None:
     said: list[str] = []
     fin = pd.DataFrame({R.SELECTION_METRIC: ["macro_f1", "macro_f1", None]})
-    assert tasks.task_metric(fin, "t", said.append) == "macro_f1"
-    assert said and "accuracy (1), macro_f1 (2)" in said[0]
-    assert tasks.task_metric(pd.DataFrame({R.RUN_ID: ["a"]})) == "accuracy"  # no key: old
+    assert results.selected_metric(fin, "t", said.append) == "macro_f1"
+    assert said and "of task t selected on different metrics (accuracy (1), macro_f1 (2))" in \
+        said[0]
+    assert results.selected_metric(pd.DataFrame({R.RUN_ID: ["a"]})) == "accuracy"  # no key: old
 
 
 def test_the_main_configuration_is_the_experiment_named_like_the_method(
