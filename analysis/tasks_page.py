@@ -177,7 +177,9 @@ def _header(found: list[Task], runs_dir: Path) -> list[str]:
 def _count(fin: pd.DataFrame, column: str) -> str:
     """A count column's value over the runs ('2,000', or '1,000-2,000' where runs differ)."""
     values = sorted({int(v) for v in fin.get(column, pd.Series(dtype=float)).dropna()})
-    return "-".join(f"{v:,}" for v in values[:: max(1, len(values) - 1)]) or "?"
+    if not values:
+        return "?"
+    return f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,}-{values[-1]:,}"
 
 
 def sizes(task: Task) -> str:

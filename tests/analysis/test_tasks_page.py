@@ -111,3 +111,13 @@ def test_a_macro_f1_tasks_validation_curves_show_macro_f1(three_tasks: Path) -> 
     head = next(ax for ax in beta.axes if ax.get_title() == "head")
     # The head's macro-F1 seeds 0.50, 0.52, 0.57, each history point macro-F1 - 0.1 / step.
     assert head.get_lines()[0].get_ydata()[-1] == pytest.approx(100 * (0.53 - 0.1 / 4))
+
+
+def test_a_count_the_runs_disagree_on_is_shown_as_its_range() -> None:
+    """Runs of one task that used different numbers of rows show the range, not one of them."""
+    import pandas as pd
+
+    fin = pd.DataFrame({"n": [2000, 1000, 2000, None]})
+    assert tasks_page._count(fin, "n") == "1,000-2,000"
+    assert tasks_page._count(fin.iloc[[0, 2]], "n") == "2,000"
+    assert tasks_page._count(fin, "absent") == "?"
