@@ -11,8 +11,8 @@ A multi-task folder (`results/`) holds one published task folder per subfolder
 A task's metric is the one its runs selected their model on (the record's `selection_metric`:
 accuracy, or macro-F1; records from before the key: accuracy). A method's main configuration on
 a task is the experiment named like the method (`head`, `full`; `lora-all` for LoRA, whose
-target sets and rank-sweep points are variants, experiments/suites/compare-rotten_tomatoes.yaml); the other
-configurations appear only in the task's own section.
+target sets and rank-sweep points are variants, experiments/suites/compare-rotten_tomatoes.yaml);
+the other configurations appear only in the task's own section.
 """
 
 from __future__ import annotations
