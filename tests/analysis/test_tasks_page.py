@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from analysis import plots, tasks, tasks_page
@@ -115,8 +116,6 @@ def test_a_macro_f1_tasks_validation_curves_show_macro_f1(three_tasks: Path) -> 
 
 def test_a_count_the_runs_disagree_on_is_shown_as_its_range() -> None:
     """Runs of one task that used different numbers of rows show the range, not one of them."""
-    import pandas as pd
-
     fin = pd.DataFrame({"n": [2000, 1000, 2000, None]})
     assert tasks_page._count(fin, "n") == "1,000-2,000"
     assert tasks_page._count(fin.iloc[[0, 2]], "n") == "2,000"
