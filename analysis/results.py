@@ -28,7 +28,6 @@ from scipy import stats
 
 from experiments.contract import record as R
 from experiments.contract.record import col, flatten, method_rank
-from experiments.inputs.tasks import task_budget
 
 # Columns every view reads (flattened record keys).
 ACCURACY = col(R.METRICS, R.TEST_ACCURACY)
@@ -239,8 +238,7 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, floa
 # ---------------------------------------------------------------- naming configurations
 
 # Config keys that make a run a smoke run (a subsample, or stopped early): its accuracy is not
-# the method's, and its label says so. A task's own budget (experiments/inputs/tasks.py) is no
-# smoke run: it is the size that task's comparison runs at.
+# the method's, and its label says so.
 SMOKE_KEYS = (R.C_TRAIN_SIZE, R.C_EVAL_SIZE, R.C_MAX_STEPS)
 _TARGETS = {"all": "all layers", "attention": "attention", "mlp": "MLP"}
 # How a differing option reads in a label, by its last key (method options nest under the
@@ -292,11 +290,8 @@ def varies(values: pd.Series) -> bool:
 
 
 def is_smoke(row: pd.Series | dict[str, Any]) -> bool:
-    """Whether a run trained or tested on a subsample, or stopped early (train_size etc. > 0),
-    other than its task's own budget (Reuters R8's 2,000 train rows are its comparison's size)."""
-    budget = task_budget(str(row.get(col(R.CONFIG, R.C_DATA)) or ""))
-    sizes = {k: number(row.get(col(R.CONFIG, k))) for k in SMOKE_KEYS}
-    return any(v > 0 and v != budget.get(k) for k, v in sizes.items())
+    """Whether a run trained or tested on a subsample, or stopped early (train_size etc. > 0)."""
+    return any(number(row.get(col(R.CONFIG, k))) > 0 for k in SMOKE_KEYS)
 
 
 def config_labels(df: pd.DataFrame) -> dict[str, str]:
