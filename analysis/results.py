@@ -28,6 +28,7 @@ from scipy import stats
 
 from experiments.contract import record as R
 from experiments.contract.record import col, flatten, method_rank
+from experiments.contract.tasks import task_budget
 
 # Columns every view reads (flattened record keys).
 ACCURACY = col(R.METRICS, R.TEST_ACCURACY)
@@ -238,7 +239,8 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, floa
 # ---------------------------------------------------------------- naming configurations
 
 # Config keys that make a run a smoke run (a subsample, or stopped early): its accuracy is not
-# the method's, and its label says so.
+# the method's, and its label says so. A task's own budget (experiments/contract/tasks.py) is no
+# smoke run: it is the size that task's comparison runs at.
 SMOKE_KEYS = (R.C_TRAIN_SIZE, R.C_EVAL_SIZE, R.C_MAX_STEPS)
 _TARGETS = {"all": "all layers", "attention": "attention", "mlp": "MLP"}
 # How a differing option reads in a label, by its last key (method options nest under the
@@ -290,8 +292,11 @@ def varies(values: pd.Series) -> bool:
 
 
 def is_smoke(row: pd.Series | dict[str, Any]) -> bool:
-    """Whether a run trained or tested on a subsample, or stopped early (train_size etc. > 0)."""
-    return any(number(row.get(col(R.CONFIG, k))) > 0 for k in SMOKE_KEYS)
+    """Whether a run trained or tested on a subsample, or stopped early (train_size etc. > 0),
+    other than its task's own budget (Reuters R8's 2,000 train rows are its comparison's size)."""
+    budget = task_budget(str(row.get(col(R.CONFIG, R.C_DATA)) or ""))
+    sizes = {k: number(row.get(col(R.CONFIG, k))) for k in SMOKE_KEYS}
+    return any(v > 0 and v != budget.get(k) for k, v in sizes.items())
 
 
 def config_labels(df: pd.DataFrame) -> dict[str, str]:

@@ -116,10 +116,12 @@ def notes(df: pd.DataFrame) -> list[str]:
     smoke = [results.is_smoke(row) for _, row in fin.iterrows()]
     if smoke and all(smoke):
         out.append("Every configuration here is a smoke run (train_size, eval_size or max_steps "
-                   "set): the numbers show the pipeline works, not what the methods reach.")
+                   "set, other than the task's budget): the numbers show the pipeline works, not "
+                   "what the methods reach.")
     elif any(smoke):
         out.append("(smoke): trained or tested on a subsample, or stopped early (train_size, "
-                   "eval_size or max_steps set); not comparable with full runs.")
+                   "eval_size or max_steps set, other than the task's budget); not comparable "
+                   "with full runs.")
     return out
 
 

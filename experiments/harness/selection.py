@@ -2,7 +2,7 @@
 
 The loop validates at each epoch end (and every `eval_every` steps). `BestState` keeps a copy of
 the trainable tensors at the best validation score so far (the earliest on a tie), in the
-metric `select_metric` names (auto: the task's, experiments/inputs/tasks.py); the loop
+metric `select_metric` names (auto: the task's, experiments/contract/tasks.py); the loop
 puts it back before the test evaluation and the saved model, and the record says which step
 (`selected_step`). The copy lives on the CPU, so the device's memory figures stay training's;
 under FSDP each rank keeps its own shard where it is (a checkpoint then does not carry it: a
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.contract.tasks import task_metric
 from experiments.harness.config import Config
-from experiments.inputs.tasks import task_metric
 
 
 def metric(cfg: Config) -> str:

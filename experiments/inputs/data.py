@@ -166,7 +166,7 @@ def load_reuters_r8() -> DataBundle:
     return _official_split("reuters-r8")
 
 
-# The embedded data names and their loaders (experiments/inputs/tasks.py has their protocol).
+# The embedded data names and their loaders (experiments/contract/tasks.py has their protocol).
 EMBEDDED = {"rotten_tomatoes": load_rotten_tomatoes, "newsgroups20": load_newsgroups20,
             "reuters_r8": load_reuters_r8}
 

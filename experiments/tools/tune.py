@@ -33,6 +33,7 @@ from typing import Any
 import optuna
 
 from experiments.contract import record as R
+from experiments.contract.tasks import task_budget
 from experiments.harness.cli import EXIT_FAILED, EXIT_OK, run_main, split
 from experiments.harness.config import (
     UserError,
@@ -41,7 +42,6 @@ from experiments.harness.config import (
     preset_path,
     resolve,
 )
-from experiments.inputs.tasks import task_budget
 from experiments.tools.executors import make_executor
 from experiments.tools.tune_workers import CLAIM, claim_attr, drive, retry
 
@@ -63,7 +63,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 def beyond_task(data: str, args: dict[str, str]) -> dict[str, str]:
-    """The ARGS that differ from the task's own budget (experiments/inputs/tasks.py)."""
+    """The ARGS that differ from the task's own budget (experiments/contract/tasks.py)."""
     budget = task_budget(data)
     return {k: v for k, v in args.items() if k not in budget or str(budget[k]) != str(v)}
 

@@ -20,7 +20,7 @@ import yaml
 
 from experiments.contract import record as R
 from experiments.contract.io import atomic_write_text
-from experiments.inputs.tasks import task_metric
+from experiments.contract.tasks import task_metric
 
 HEADER = ("# Presets chosen by `make tune` (experiments/tools/tune.py) on the validation split\n"
           "# only; the harness applies a method's `values` for this data and model (preset=auto).\n"

@@ -168,6 +168,21 @@ def test_config_labels_mark_smoke_runs_and_never_dump_configs() -> None:
                                             "bbbbbb2": "lora lr=0.001 #bbbbbb"}
 
 
+def test_a_tasks_own_budget_is_no_smoke_run() -> None:
+    """Reuters R8's comparison trains on 2,000 rows by design: not a smoke run there; fewer
+    rows, or 2,000 on a task whose budget is its whole split, are."""
+    def row(data: str, train_size: int, max_steps: int = 0) -> dict[str, object]:
+        return {"config.data": data, "config.train_size": train_size,
+                "config.eval_size": 0, "config.max_steps": max_steps}
+
+    assert not results.is_smoke(row("reuters_r8", 2000))
+    assert not results.is_smoke(row("rotten_tomatoes", 0))
+    assert results.is_smoke(row("reuters_r8", 500))
+    assert results.is_smoke(row("reuters_r8", 2000, max_steps=4))
+    assert results.is_smoke(row("rotten_tomatoes", 2000))
+    assert results.is_smoke(row("/tmp/my.csv", 2000))
+
+
 def test_old_process_memory_is_never_the_measured_peak() -> None:
     """CPU resident-set growth and CUDA max allocated go to their own columns, named so."""
     df = pd.DataFrame({

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from experiments.contract.tasks import task_budget, task_metric
 from experiments.harness.config import resolve
-from experiments.inputs.tasks import task_budget, task_metric
 from experiments.tools import tune
 from methods import METHODS
 

@@ -41,8 +41,8 @@ def test_committed_suites_resolve() -> None:
 
 def test_each_comparison_suite_runs_its_task_at_the_task_budget() -> None:
     """The three comparison suites: all nine methods, at least 3 seeds each, on their task at
-    the task's own budget (experiments/inputs/tasks.py), at the tuned presets (preset=auto)."""
-    from experiments.inputs.tasks import TASKS
+    the task's own budget (experiments/contract/tasks.py), at the tuned presets (preset=auto)."""
+    from experiments.contract.tasks import TASKS
     from methods import METHODS
 
     for task, protocol in TASKS.items():

@@ -196,7 +196,7 @@ def test_the_selected_state_is_the_best_in_the_chosen_metric(tmp_path: Path) -> 
 
 
 def test_a_task_budget_is_the_real_budget_and_names_no_new_study() -> None:
-    """The task's own budget (experiments/inputs/tasks.py) in ARGS leaves the study name and
+    """The task's own budget (experiments/contract/tasks.py) in ARGS leaves the study name and
     the presets path as without it; a budget beyond the task's is a small check kept apart."""
     rt = tune.with_task_budget("rotten_tomatoes", {})
     assert rt == {"max_length": "64"}
