@@ -1,1 +1,1 @@
-"""The run record's schema, units and atomic writes: the torch-free contract analysis reads."""
+"""The torch-free contract analysis reads: record schema, units, atomic writes, task protocol."""
