@@ -202,14 +202,22 @@ def rank_rows(ranks: pd.DataFrame) -> tuple[tuple[str, ...], list[dict[str, str]
 
 
 COST_COLUMNS = ("method", "task", "experiment", "n", "trainable params", "measured peak memory",
-                "measured batch (rows × tokens)", "time to fit (s)")
+                "measured batch", "time to fit (s)")
+SHAPES = col(R.MEMORY, R.MEASURED_BATCH_SHAPES)
+# What the second size of a measured batch counts, by the input it came from: token methods
+# measure rows x tokens; the head, which trains on cached backbone features, rows x feature width.
+_BATCH_UNITS = {"input_ids": "tokens", "features": "features"}
 
 
-def _batch(value: object) -> str:
-    """memory.measured_batch [rows, tokens] -> '32 × 128'; '—' for a record without it."""
-    if isinstance(value, list | tuple | np.ndarray) and len(value) == 2:
-        return f"{results.format_value(value[0])} × {results.format_value(value[1])}"
-    return "—"
+def _batch(row: pd.Series) -> str:
+    """The measured batch: '32 × 128 tokens', '32 × 384 features'; '—' for a record without it."""
+    value = row.get(MEASURED_BATCH)
+    if not (isinstance(value, list | tuple | np.ndarray) and len(value) == 2):
+        return "—"
+    size = f"{results.format_value(value[0])} × {results.format_value(value[1])}"
+    units = [unit for name, unit in _BATCH_UNITS.items()
+             if isinstance(row.get(f"{SHAPES}.{name}"), list | tuple | np.ndarray)]
+    return f"{size} {units[0]}" if units else size
 
 
 def cost_rows(found: list[Task]) -> list[dict[str, str]]:
@@ -226,6 +234,6 @@ def cost_rows(found: list[Task]) -> list[dict[str, str]]:
                          "n": str(int(row["n"])),
                          "trainable params": human_count(row.get(TRAINABLE)),
                          "measured peak memory": human_bytes(row.get(MEASURED)),
-                         "measured batch (rows × tokens)": _batch(row.get(MEASURED_BATCH)),
+                         "measured batch": _batch(row),
                          "time to fit (s)": pm(row, FIT_S, digits=2)})
     return rows

@@ -120,7 +120,8 @@ def overview(found: list[Task]) -> list[str]:
         "## Cost per task", "", markdown_table(tasks.cost_rows(found), tasks.COST_COLUMNS), "",
         "- Measured peak memory: the exact peak of live tensors over one training step taken on "
         "the canonical batch (the record's memory section: rows × the training split's "
-        "95th-percentile length), mean over seeds; '—' for records from before that "
+        "95th-percentile length in tokens; the head, which trains on cached backbone features, "
+        "the same rows × the feature width), mean over seeds; '—' for records from before that "
         "measurement. Time to fit: preparation plus the training loop, mean ± 95% CI.", ""]
 
 

@@ -211,7 +211,8 @@ TEST_EXAMPLES = 400
 def three_tasks(tmp_path: Path, make_record, ledger) -> Path:  # noqa: ANN001
     """A results folder of three task folders (THREE_TASKS), 3 seeds each, with predictions:
     a configuration with accuracy a gets the first a x 400 test examples right (nested, so
-    larger gaps are significant), fit time 10 + seed seconds, measured on a 16 x 64 batch."""
+    larger gaps are significant), fit time 10 + seed seconds, measured on a 16 x 64 batch
+    (the head: 16 x 384 features)."""
     root = tmp_path / "results"
     labels = np.arange(TEST_EXAMPLES) % 2
     for task, (data, metric, experiments) in THREE_TASKS.items():
@@ -236,6 +237,10 @@ def three_tasks(tmp_path: Path, make_record, ledger) -> Path:  # noqa: ANN001
                         point["macro_f1"] = macro_f1 - 0.1 / point[R.H_STEP]
                 rec[R.PARAMS][R.P_TRAINABLE] = TRAINABLE[experiment]
                 rec[R.TIME] = {R.TRAIN_S: 10.0 + seed, R.PREPARE_S: 0.0}
-                rec[R.MEMORY][R.MEASURED_BATCH] = [16, 64]
+                # The head measures rows x its feature width; token methods rows x tokens.
+                wide = [16, 384] if method == "head" else [16, 64]
+                rec[R.MEMORY][R.MEASURED_BATCH] = wide
+                rec[R.MEMORY][R.MEASURED_BATCH_SHAPES] = {
+                    "features" if method == "head" else "input_ids": wide, "labels": [16]}
                 path.write_text(json.dumps(rec))
     return root

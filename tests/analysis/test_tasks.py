@@ -125,6 +125,8 @@ def test_costs_per_method_and_task(found: list[tasks.Task]) -> None:
     assert lora == {"method": "lora", "task": "alpha-minilm", "experiment": "lora-all",
                     "n": "3", "trainable params": "3k",
                     "measured peak memory": lora["measured peak memory"],
-                    "measured batch (rows × tokens)": "16 × 64",
+                    "measured batch": "16 × 64 tokens",
                     "time to fit (s)": "11.00 ± 2.48"}
     assert lora["measured peak memory"].endswith("MiB")
+    head = next(r for r in rows if r["method"] == "head" and r["task"] == "alpha-minilm")
+    assert head["measured batch"] == "16 × 384 features"
