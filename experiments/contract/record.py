@@ -122,7 +122,9 @@ MEASURED_AT_STATE_PEAK = "measured_at_state_peak"  # each category at the state 
 OPTIMIZER_TEMPORARIES = "optimizer_temporaries_at_state_peak"  # the largest, how each was made
 MEASURED_STEP = "measured_step"  # training steps of the process before the measured one
 MEASURED_STEP_S = "measured_step_s"  # that step's wall time, measurement included
-MEASURED_BATCH = "measured_batch"  # [rows, tokens] of the canonical batch the step measured
+# [rows, tokens] of the canonical batch the step measured; [rows, feature width] for a method
+# that trains on cached features (its shapes then name `features`, not `input_ids`)
+MEASURED_BATCH = "measured_batch"
 MEASURED_BATCH_SHAPES = "measured_batch_shapes"  # that batch's tensor shapes, by input name
 MEASURED_BATCH_RULE = "measured_batch_rule"  # how the canonical shape was chosen
 CUDA_VS_MEASURED = "cuda_vs_measured"  # cuda_max_allocated_bytes / measured_peak_bytes
