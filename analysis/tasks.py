@@ -206,7 +206,7 @@ COST_COLUMNS = ("method", "task", "experiment", "n", "trainable params", "measur
 SHAPES = col(R.MEMORY, R.MEASURED_BATCH_SHAPES)
 # What the second size of a measured batch counts, by the input it came from: token methods
 # measure rows x tokens; the head, which trains on cached backbone features, rows x feature width.
-_BATCH_UNITS = {"input_ids": "tokens", "features": "features"}
+_BATCH_UNITS = {R.BATCH_TOKENS: "tokens", R.BATCH_FEATURES: "features"}
 
 
 def _batch(row: pd.Series) -> str:

@@ -126,6 +126,9 @@ MEASURED_STEP_S = "measured_step_s"  # that step's wall time, measurement includ
 # that trains on cached features (its shapes then name `features`, not `input_ids`)
 MEASURED_BATCH = "measured_batch"
 MEASURED_BATCH_SHAPES = "measured_batch_shapes"  # that batch's tensor shapes, by input name
+# The inputs measured_batch_shapes names: a token batch's ids, or the head's cached features
+BATCH_TOKENS = "input_ids"
+BATCH_FEATURES = "features"
 MEASURED_BATCH_RULE = "measured_batch_rule"  # how the canonical shape was chosen
 CUDA_VS_MEASURED = "cuda_vs_measured"  # cuda_max_allocated_bytes / measured_peak_bytes
 CUDA_RUN_MAX_ALLOCATED_BYTES = "cuda_run_max_allocated_bytes"  # over the whole run

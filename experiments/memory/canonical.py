@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from experiments.contract import record as R
 from experiments.memory.memtrack import StepMeter
 
 PERCENTILE = 95
 RULE = (f"one extra step outside training on the rank's batch rows x the training split's "
         f"{PERCENTILE}th-percentile token length (capped at max_length): real training rows "
         "truncated or padded to it (rows repeated if the batch is short); weights, optimizer "
-        "state and random number generators restored after it")
+        "state and random number generators restored after it; a batch of cached features "
+        "(the head) keeps its rows and its feature width")
 
 
 def canonical_length(lengths: Sequence[int], max_length: int,
@@ -56,7 +58,7 @@ def canonical_batch(batch: dict[str, Any], rows: int, length: int) -> dict[str, 
 
     A batch without input_ids (the head's cached features) keeps its row width; `length` 0
     means the same."""
-    ids = batch.get("input_ids")
+    ids = batch.get(R.BATCH_TOKENS)
     tokens = int(ids.shape[1]) if isinstance(ids, torch.Tensor) and ids.ndim == 2 else None
     target = length if tokens is not None and length > 0 else None
     return {k: _fit(v, rows, target, tokens) if isinstance(v, torch.Tensor) else v
@@ -65,7 +67,7 @@ def canonical_batch(batch: dict[str, Any], rows: int, length: int) -> dict[str, 
 
 def batch_shape(batch: dict[str, Any]) -> list[int]:
     """[rows, tokens] of a token batch; [rows, width] of a features batch."""
-    main = batch.get("input_ids", batch.get("features"))
+    main = batch.get(R.BATCH_TOKENS, batch.get(R.BATCH_FEATURES))
     if not isinstance(main, torch.Tensor):
         main = next(v for v in batch.values() if isinstance(v, torch.Tensor))
     return [int(d) for d in main.shape[:2]]

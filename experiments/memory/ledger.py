@@ -269,7 +269,7 @@ def measured_activations(measured: dict[str, Any]) -> dict[str, Any]:
 
 def activations_scope(batch_shapes: dict[str, list[int]]) -> str:
     """What the activation peak covers, read from the measured batch's inputs."""
-    if "features" in batch_shapes and "input_ids" not in batch_shapes:
+    if R.BATCH_FEATURES in batch_shapes and R.BATCH_TOKENS not in batch_shapes:
         return ("cached features: the classifier head's forward+backward alone; the frozen "
                 "backbone ran once before training (no saved tensors) and is not counted")
     return "the whole model's forward+backward on one training batch"

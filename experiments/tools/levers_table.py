@@ -78,7 +78,7 @@ def row(record: dict[str, Any], group: str, lever: str) -> dict[str, Any]:
     out[R.OPTIMIZER_BYTES] = mem.get(R.OPTIMIZER_BYTES)
     out[R.ACTIVATIONS_PEAK_BYTES] = mem.get(R.ACTIVATIONS_PEAK_BYTES)
     shape = mem.get(R.MEASURED_BATCH) or []  # [rows, tokens]; older records: shapes by input
-    shape = shape.get("input_ids", []) if isinstance(shape, dict) else shape
+    shape = shape.get(R.BATCH_TOKENS, []) if isinstance(shape, dict) else shape
     out["batch"] = "x".join(str(d) for d in shape)
     steps = max(1, int(record.get("steps") or 1))
     out["step_s"] = record[R.TIME]["train_s"] / steps

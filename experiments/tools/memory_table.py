@@ -82,7 +82,7 @@ def row(record: dict[str, Any], label: str | None = None) -> dict[str, Any]:
                 "temporaries": mem.get(R.OPTIMIZER_TEMPORARIES, []),
                 "model": record[R.MODEL]["name"],
                 "batch": "x".join(str(d) for d in _batch_shape(mem)),
-                "tokens": "input_ids" in _batch_shapes(mem)})
+                "tokens": R.BATCH_TOKENS in _batch_shapes(mem)})
     return out
 
 
@@ -94,7 +94,7 @@ def _batch_shapes(mem: dict[str, Any]) -> dict[str, list[int]]:
 
 def _batch_shape(mem: dict[str, Any]) -> list[int]:
     batch = _batch_shapes(mem)
-    return batch.get("input_ids") or batch.get("features") or []
+    return batch.get(R.BATCH_TOKENS) or batch.get(R.BATCH_FEATURES) or []
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
