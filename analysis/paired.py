@@ -264,9 +264,15 @@ def comparisons(df: pd.DataFrame, agg: pd.DataFrame | None = None,
 
 def references(agg: pd.DataFrame) -> list[str]:
     """The config hashes of the default table's references: full fine-tuning and the default
-    LoRA (each the configuration with the most seeds; LoRA: at its default options if run)."""
+    LoRA, each its method's main configuration (the experiment named like it, or `lora-all`);
+    without one, the configuration with the most seeds (LoRA: at its default options if run).
+    A variant of a reference (8-bit Adam, a 4-bit base, another rank) is never the reference."""
+    main = results.main_configurations(agg).set_index(R.METHOD)
     out = []
     for method, options in ((REFERENCE_FULL, {}), ("lora", DEFAULT_LORA)):
+        if method in main.index:
+            out.append(main.loc[method, R.CONFIG_HASH])
+            continue
         rows = agg[agg[R.METHOD] == method]
         default = rows
         for column, value in options.items():

@@ -336,6 +336,27 @@ def config_labels(df: pd.DataFrame) -> dict[str, str]:
     return labels
 
 
+# A method's main experiment: named like the method, or `<method>-all` (every linear layer)
+# for the methods with target sets; the first name found wins.
+MAIN_SUFFIXES = ("", "-all")
+
+
+def main_configurations(agg: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: its main configuration (MAIN_SUFFIXES; of several configurations of
+    that experiment, the one with the most seeds), in the methods' order."""
+    if agg.empty or R.EXPERIMENT not in agg:
+        return agg.iloc[0:0]
+    picked = []
+    for method in sorted(agg[R.METHOD].dropna().unique(), key=method_rank):
+        rows = agg[agg[R.METHOD] == method]
+        for suffix in MAIN_SUFFIXES:
+            named = rows[rows[R.EXPERIMENT] == f"{method}{suffix}"]
+            if len(named):
+                picked.append(named["n"].astype(int).idxmax())
+                break
+    return agg.loc[picked].reset_index(drop=True)
+
+
 def _first(series: pd.Series) -> Any:
     valid = series.dropna()
     return valid.iloc[0] if len(valid) else None

@@ -38,9 +38,6 @@ TASK = "task"  # the column load_runs adds to each run: its task folder's name
 # The metric columns a task shows, its own first: a macro-F1 task shows accuracy beside it.
 METRIC_COLUMNS = {"accuracy": ((ACCURACY, "accuracy"),),
                   "macro_f1": ((MACRO_F1, "macro-F1"), (ACCURACY, "accuracy"))}
-# A method's main experiment: named like the method, or `<method>-all` (every linear layer)
-# for the methods with target sets; the first name found wins.
-MAIN_SUFFIXES = ("", "-all")
 MEASURED_BATCH = col(R.MEMORY, R.MEASURED_BATCH)
 Warn = Callable[[str], None]
 
@@ -105,25 +102,10 @@ def split(df: pd.DataFrame, warn: Warn = _stderr) -> list[Task]:
     return out
 
 
-def main_configurations(agg: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: its main configuration (MAIN_SUFFIXES; of several configurations of
-    that experiment, the one with the most seeds), in the methods' order."""
-    if agg.empty or R.EXPERIMENT not in agg:
-        return agg.iloc[0:0]
-    picked = []
-    for method in sorted(agg[R.METHOD].dropna().unique(), key=method_rank):
-        rows = agg[agg[R.METHOD] == method]
-        for suffix in MAIN_SUFFIXES:
-            named = rows[rows[R.EXPERIMENT] == f"{method}{suffix}"]
-            if len(named):
-                picked.append(named["n"].astype(int).idxmax())
-                break
-    return agg.loc[picked].reset_index(drop=True)
-
-
 def mains(found: list[Task]) -> dict[str, pd.DataFrame]:
     """task name -> its main configurations, indexed by method."""
-    return {t.name: main_configurations(t.agg).set_index(R.METHOD, drop=False) for t in found}
+    return {t.name: results.main_configurations(t.agg).set_index(R.METHOD, drop=False)
+            for t in found}
 
 
 def methods(found: list[Task]) -> list[str]:

@@ -255,3 +255,20 @@ def test_a_macro_f1_task_is_tested_in_macro_f1_where_accuracy_sees_no_difference
     expected = _macro_f1(y, spread, 3) - _macro_f1(y, majority, 3)
     assert by_f1.diff == pytest.approx(expected, abs=0.02) and by_f1.p_value < 0.001
     assert by_f1.test == "seeds × examples t, jackknife" and by_f1.metric == "macro_f1"
+
+
+def test_the_references_are_the_main_configurations_not_a_variant_with_as_many_seeds() -> None:
+    """Full fine-tuning and the default LoRA are the experiments named like them (`full`,
+    `lora-all`), though a variant (8-bit Adam; rsLoRA at r 8, which has LoRA's default rank and
+    targets) has as many seeds and sorts first; without experiment names, the old rule holds."""
+    rank, targets = col_lora = (f"{R.CONFIG}.lora.rank", f"{R.CONFIG}.lora.targets")
+    agg = pd.DataFrame({
+        R.CONFIG_HASH: ["f8bit", "full", "rs8", "lall", "lattn"],
+        R.METHOD: ["full", "full", "lora", "lora", "lora"],
+        R.EXPERIMENT: ["full-adamw8bit", "full", "lora-rslora:rank=8", "lora-all",
+                       "lora-attention"],
+        "n": [3, 3, 3, 3, 3], rank: [None, None, 8, 8, 8],
+        targets: [None, None, "all", "all", "attention"]})
+    assert paired.references(agg) == ["full", "lall"]
+    assert col_lora == tuple(paired.DEFAULT_LORA)  # the fallback's columns are these
+    assert paired.references(agg.drop(columns=[R.EXPERIMENT])) == ["f8bit", "rs8"]

@@ -53,12 +53,12 @@ def test_the_main_configuration_is_the_experiment_named_like_the_method(
         found: list[tasks.Task]) -> None:
     # lora-attention sorts before lora-all (fewer trainable parameters): taking a method's
     # first configuration would show the variant's 78.0 as LoRA's number.
-    alpha = tasks.main_configurations(found[0].agg)
+    alpha = results.main_configurations(found[0].agg)
     assert list(alpha[R.METHOD]) == ["head", "lora", "full"]
     assert list(alpha[R.EXPERIMENT]) == ["head", "lora-all", "full"]
     variant_only = found[0].agg[found[0].agg[R.EXPERIMENT] == "lora-attention"]
-    assert tasks.main_configurations(variant_only).empty  # a variant is never the main one
-    assert tasks.main_configurations(found[0].agg.drop(columns=[R.EXPERIMENT])).empty
+    assert results.main_configurations(variant_only).empty  # a variant is never the main one
+    assert results.main_configurations(found[0].agg.drop(columns=[R.EXPERIMENT])).empty
 
 
 def test_the_methods_by_tasks_table_holds_hand_computed_means(
