@@ -299,12 +299,41 @@ def is_smoke(row: pd.Series | dict[str, Any]) -> bool:
     return any(v > 0 and v != budget.get(k) for k, v in sizes.items())
 
 
+# A method's main experiment: named like the method, or `<method>-all` (every linear layer)
+# for the methods with target sets; the first name found wins.
+MAIN_SUFFIXES = ("", "-all")
+
+
+def _main_hash(configs: pd.DataFrame, method: str) -> str | None:
+    """The config hash of the method's main experiment among its configurations, if one ran."""
+    if R.EXPERIMENT not in configs:
+        return None
+    for suffix in MAIN_SUFFIXES:
+        named = configs[configs[R.EXPERIMENT] == f"{method}{suffix}"]
+        if len(named) == 1:
+            return str(named.index[0])
+    return None
+
+
+def _same(value: Any, configs: pd.DataFrame, main: str | None, column: str) -> bool:
+    """Whether `value` is the main configuration's (a variant is named by what it changes)."""
+    if main is None:
+        return False
+    other = configs.loc[main, column]
+    if is_missing(value) or is_missing(other):
+        return is_missing(value) and is_missing(other)
+    return format_value(value) == format_value(other)
+
+
 def config_labels(df: pd.DataFrame) -> dict[str, str]:
     """config_hash -> a readable label: the method, plus what differs from its other configs.
 
     `lora r=8` and `lora r=16` when only the rank differs, `lora attention` when the targets do,
-    plain `head` when a method has one configuration. `(smoke)` marks a subsampled or shortened
-    configuration when others are not (when every one is, the summary's notes say so).
+    plain `head` when a method has one configuration. Where the method's main experiment ran
+    (MAIN_SUFFIXES: `full`, `lora-all`), it is the plain method and each other configuration
+    names only what it changes: `lora quantize=nf4`, `full optimizer_impl=adamw8bit`. `(smoke)`
+    marks a subsampled or shortened configuration when others are not (when every one is, the
+    summary's notes say so).
     """
     labels: dict[str, str] = {}
     prefix = f"{R.CONFIG}."
@@ -318,8 +347,10 @@ def config_labels(df: pd.DataFrame) -> dict[str, str]:
         varying = [c for c in cols if varies(firsts[c])]
         # The method's own options first (rank before lr), each group in the record's order.
         varying.sort(key=lambda c: not c.startswith(f"{prefix}{method}."))
+        main = _main_hash(firsts, str(method))
         base = {h: " ".join([str(method), *(describe(c.removeprefix(prefix), row[c])
-                                             for c in varying if not is_missing(row[c]))])
+                                             for c in varying if not is_missing(row[c])
+                                             and not _same(row[c], firsts, main, c))])
                 for h, row in firsts.iterrows()}
         marked = {h: mark_smoke and smoke[h] for h in base}
         for h, row in firsts.iterrows():
@@ -334,11 +365,6 @@ def config_labels(df: pd.DataFrame) -> dict[str, str]:
             if counts[labels[h]] > 1:  # options no word tells apart: the hash does
                 labels[h] = f"{labels[h]} #{h[:6]}"
     return labels
-
-
-# A method's main experiment: named like the method, or `<method>-all` (every linear layer)
-# for the methods with target sets; the first name found wins.
-MAIN_SUFFIXES = ("", "-all")
 
 
 def main_configurations(agg: pd.DataFrame) -> pd.DataFrame:

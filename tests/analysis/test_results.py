@@ -143,6 +143,27 @@ def test_config_labels_name_what_differs() -> None:
                       "r16": "lora r=16 all layers", "h": "head"}
 
 
+def test_a_main_experiment_is_the_plain_method_and_a_variant_names_what_it_changes() -> None:
+    """Where the main experiment ran (`full`, `lora-all`), it is labelled by its method alone,
+    and a variant only by the options it changes from it (not every option that varies)."""
+    df = pd.DataFrame({
+        "method": ["lora", "lora", "lora", "lora", "full", "full"],
+        "experiment": ["lora-all", "lora-attention", "lora-nf4", "lora-rslora:rank=16",
+                       "full", "full-adamw8bit"],
+        "config_hash": ["all", "attn", "nf4", "rs16", "f", "f8"],
+        "config.lora.rank": [8, 8, 8, 16, None, None],
+        "config.lora.targets": ["all", "attention", "all", "all", None, None],
+        "config.lora.quantize": ["none", "none", "nf4", "none", None, None],
+        "config.optimizer_impl": ["auto"] * 5 + ["adamw8bit"], "config.seed": [0] * 6,
+    })
+    assert results.config_labels(df) == {
+        "all": "lora", "attn": "lora attention", "nf4": "lora quantize=nf4", "rs16": "lora r=16",
+        "f": "full", "f8": "full optimizer_impl=adamw8bit"}
+    # Without the main experiment, every option that varies is named, as before.
+    assert results.config_labels(df[df["config_hash"] != "all"])["nf4"] == (
+        "lora r=8 all layers quantize=nf4")
+
+
 def test_config_labels_mark_smoke_runs_and_never_dump_configs() -> None:
     df = pd.DataFrame({
         "method": ["lora", "lora", "lora", "lora", "full", "soft_prompt"],
