@@ -105,14 +105,17 @@ def rank_sweeps(agg: pd.DataFrame) -> dict[str, pd.DataFrame]:
     others = [c for c in lora.columns if c.startswith(prefix) and c not in skip
               and results.varies(lora[c])]
     sizes = {col(R.CONFIG, k) for k in results.SMOKE_KEYS}
+    main = results.main_configurations(lora)
     sweeps: dict[str, pd.DataFrame] = {}
     groups = lora.groupby(others, sort=False, dropna=False) if others else [((), lora)]
     for _, group in groups:
         first = group.iloc[0]
-        # Named as configurations are (results.config_labels): the options in words, a smoke
-        # run marked as one rather than by its sizes.
+        # Named as configurations are (results.config_labels): the options in words, those
+        # of LoRA's main experiment left unsaid, a smoke run marked as one, not by its sizes.
         words = [results.describe(c.removeprefix(prefix), first[c]) for c in others
-                 if c not in sizes and not results.is_missing(first[c])]
+                 if c not in sizes and not results.is_missing(first[c])
+                 and not (len(main) and results.format_value(main[c].iloc[0])
+                          == results.format_value(first[c]))]
         smoke = " (smoke)" if sizes & set(others) and results.is_smoke(first) else ""
         held = {"": group}  # alpha never varied: the group is the sweep, not worth naming
         if ALPHA in group and group[ALPHA].notna().all() and group[ALPHA].nunique() > 1:
@@ -145,10 +148,13 @@ def accuracy_vs_rank(agg: pd.DataFrame) -> Figure | None:
         ranks.update(int(r) for r in g[RANK])
     # The two ends of the spectrum as references, the frozen backbone's head and full
     # fine-tuning (every method's line would bury the sweep); any method when neither ran.
+    # A method's main experiment where it ran, not a variant of it (8-bit Adam); else its best.
     others = agg[agg[R.METHOD] != "lora"]
     ends = others[others[R.METHOD].isin(REFERENCES)]
+    mains = results.main_configurations(agg).set_index(R.METHOD, drop=False)
     for method, g in (ends if len(ends) else others).groupby(R.METHOD, sort=False):
-        best = g.loc[g[ACC].idxmax()] if g[ACC].notna().any() else None
+        best = (mains.loc[method] if method in mains.index
+                else g.loc[g[ACC].idxmax()] if g[ACC].notna().any() else None)
         if best is not None:
             ax.axhline(100 * best[ACC], color=method_color(method), linestyle="--", linewidth=1.2,
                        label=f"{best['label']} (reference)")
