@@ -248,7 +248,7 @@ _TARGETS = {"all": "all layers", "attention": "attention", "mlp": "MLP"}
 # option names (methods/*.py), not record keys.
 _WORDS: dict[str, Callable[[Any], str]] = {
     "rank": lambda v: f"r={format_value(v)}",
-    "alpha": lambda v: f"α={format_value(v)}",
+    "alpha": lambda v: f"α={number(v):.4g}",  # 4 sqrt(2) reads 5.657, not 5.656854
     "targets": lambda v: _TARGETS.get(str(v), str(v)),
     "prompt_length": lambda v: f"{format_value(v)} tokens",
     "lr": lambda v: f"lr={number(v):g}",

@@ -48,8 +48,8 @@ from methods.targets import block_path, features, select_targets
 
 # One epoch at 2e-3, chosen on the whole split's validation (seed 0, 1 epoch): 0.810 at 5e-4,
 # 0.812 at 1e-3, 0.829 at 2e-3, 0.820 at 3e-3 (the old 4-point subsample grid picked 3e-3). The
-# earlier preset, the reference script's 2 epochs at 5e-4 (the published comparison's setting,
-# pinned there), reached 0.815 validation over 3 seeds in twice the time; one
+# earlier preset, the reference script's 2 epochs at 5e-4 (the earlier one-task comparison's
+# setting), reached 0.815 validation over 3 seeds in twice the time; one
 # epoch at 5e-4 fell to 0.809 validation. The low-rank update needs ~10-40x full fine-tuning's lr.
 PRESET = {"lr": 2e-3, "epochs": 1}
 

@@ -1,4 +1,5 @@
-"""The published FINDINGS asserts only orderings the corrected paired tests support."""
+"""The published FINDINGS and README's headline assert only orderings the corrected paired tests
+support."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis import orderings, paired, results, tasks, tasks_page
+from analysis import orderings, tasks, tasks_page
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
-PUBLISHED = RESULTS / "rotten_tomatoes-minilm"
 
 
 def test_claimed_orderings_are_read_with_whole_labels() -> None:
@@ -19,21 +19,6 @@ def test_claimed_orderings_are_read_with_whole_labels() -> None:
     assert orderings.claimed_orderings(text, labels) == [
         ("lora r=8 all layers", "head"), ("full", "lora r=8 all layers"), ("full", "lora"),
         ("full", "head")]
-
-
-@pytest.mark.skipif(not (PUBLISHED / "FINDINGS.md").is_file(), reason="no published comparison")
-def test_findings_assert_no_ordering_the_tests_call_a_tie() -> None:
-    df = results.finished(results.load_records(PUBLISHED))
-    agg = results.aggregate(df)
-    shown = paired.default_family(paired.comparisons(df, agg), agg)
-    supported = orderings.supported(shown)
-    claims = orderings.claimed_orderings((PUBLISHED / "FINDINGS.md").read_text(),
-                                         list(agg["label"]))
-    assert claims, "FINDINGS states no ordering in the table's names: the check would be empty"
-    unsupported = [f"{a} > {b}" for a, b in claims if (a, b) not in supported]
-    assert not unsupported, f"FINDINGS asserts orderings the tests do not support: {unsupported}"
-    tied = orderings.ties(shown)
-    assert not [c for c in claims if frozenset(c) in tied]
 
 
 def test_a_claim_under_a_tasks_heading_belongs_to_that_task() -> None:
@@ -61,3 +46,19 @@ def test_multitask_findings_assert_only_orderings_some_task_supports() -> None:
         "FINDINGS states no ordering in the tables' names: the check would be empty")
     unsupported = tasks_page.findings_problems(found, text)
     assert not unsupported, f"FINDINGS asserts orderings the tests do not support: {unsupported}"
+
+
+HEADLINE = "**What the comparison found.**"
+
+
+def test_readme_headline_claims_only_orderings_some_task_supports() -> None:
+    """README's headline paragraph states orderings (it must state some, or this checks
+    nothing), and each is one the corrected paired tests of some published task support."""
+    readme = (RESULTS.parent / "README.md").read_text()
+    assert HEADLINE in readme, f"README has no {HEADLINE} paragraph"
+    paragraph = readme.split(HEADLINE, 1)[1].split("\n\n", 1)[0]
+    found = tasks.split(tasks.load_runs(RESULTS))
+    labels = sorted({str(x) for t in found for x in (*t.agg["label"], *tasks.methods([t]))})
+    assert orderings.claimed_orderings(paragraph, labels), "the headline claims no ordering"
+    unsupported = tasks_page.findings_problems(found, paragraph)
+    assert not unsupported, f"README's headline asserts unsupported orderings: {unsupported}"

@@ -162,6 +162,9 @@ def test_a_main_experiment_is_the_plain_method_and_a_variant_names_what_it_chang
     # Without the main experiment, every option that varies is named, as before.
     assert results.config_labels(df[df["config_hash"] != "all"])["nf4"] == (
         "lora r=8 all layers quantize=nf4")
+    # rsLoRA's alpha 4 sqrt(2) reads in four digits; a whole alpha stays whole.
+    assert results.describe("lora.alpha", 5.656854) == "α=5.657"
+    assert results.describe("lora.alpha", 16.0) == "α=16"
 
 
 def test_config_labels_mark_smoke_runs_and_never_dump_configs() -> None:

@@ -65,22 +65,42 @@ def test_each_comparison_suite_runs_its_task_at_the_task_budget() -> None:
     assert scale_factor(r8["lora.alpha"], 8, r8["lora.scaling"]) == pytest.approx(2.0, abs=1e-6)
 
 
-def test_the_committed_comparison_is_what_its_suite_runs_with_equal_budgets() -> None:
-    """results/ holds a finished record for every job of the published suite (so a preset
-    changed without pinning the published config shows up here), and every method but the
-    head trained the same number of epochs there (read from the committed records)."""
-    from experiments.contract import record as R
+def test_the_committed_comparison_is_what_its_suites_ran_at_the_tuned_presets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """results/<task>-minilm/ holds a finished record for every job of the task's comparison
+    suite (so a preset or suite changed without rerunning shows up here), each at the learning
+    rate of the committed presets file, every method but the head for the same epochs, one
+    canonical measured batch per task, and all from one clean commit."""
+    import yaml
 
-    results = Path(__file__).resolve().parents[3] / "results" / "rotten_tomatoes-minilm"
-    jobs = suite.plan(suite.load_suite("published"), results)
-    # The two memory-lever rows joined the suite after the committed runs; they are the only
-    # jobs allowed to be missing until the comparison is rerun (then this set must be empty).
-    not_yet_run = {"lora-nf4", "full-adamw8bit"}
-    assert {j.name for j in jobs if j.status != "done"} <= not_yet_run
-    jobs = [j for j in jobs if j.name not in not_yet_run]
-    assert len(jobs) == 39
-    epochs = {j.name: j.detail[R.EPOCHS] for j in jobs if j.overrides["method"] != "head"}
-    assert set(epochs.values()) == {2}, epochs
+    from experiments.contract import record as R
+    from experiments.contract.tasks import TASKS
+
+    repo = Path(__file__).resolve().parents[3]
+    # The committed presets, as `preset=auto` reads them outside the tests' sandbox.
+    monkeypatch.setenv("TUNEBENCH_PRESETS_DIR", str(repo / "experiments" / "presets"))
+    commits, dirty = set(), set()
+    for task in TASKS:
+        jobs = suite.plan(suite.load_suite(f"compare-{task}"), repo / "results" / f"{task}-minilm")
+        assert [j.name for j in jobs if j.status != "done"] == [], task
+        presets_file = repo / "experiments" / "presets" / f"{task}-minilm.yaml"
+        presets = yaml.safe_load(presets_file.read_text())["methods"]
+        # One canonical batch per task: rows x tokens for every method on tokens; the head,
+        # which trains on cached features, measures the same rows of its feature width.
+        batches: dict[bool, set[tuple[int, ...]]] = {False: set(), True: set()}
+        for job in jobs:
+            rec, method = job.detail, job.overrides["method"]
+            assert rec[R.PRESET][R.PRESET_FROM].endswith(presets_file.name), job.name
+            tuned = presets[method]["values"]["lr"]
+            assert rec[R.CONFIG]["lr"] == job.overrides.get("lr", tuned), job.name
+            if method != "head":
+                assert rec[R.EPOCHS] == 2, job.name
+            batches[method == "head"].add(tuple(rec[R.MEMORY][R.MEASURED_BATCH]))
+            commits.add(rec[R.ENV][R.GIT_COMMIT])
+            dirty.add(rec[R.ENV][R.GIT_DIRTY])
+        assert len(batches[False]) == 1 and len(batches[True]) == 1, (task, batches)
+        assert next(iter(batches[True]))[0] == next(iter(batches[False]))[0], task
+    assert len(commits) == 1 and dirty == {False}, (commits, dirty)
 
 
 def test_resume_skips_finished_runs(tmp_path: Path, runs_dir: Path,
@@ -120,7 +140,7 @@ def test_a_failing_run_is_logged_and_the_suite_goes_on(tmp_path: Path, runs_dir:
 
 def test_bad_suite_is_one_line() -> None:
     known = ("compare-newsgroups20, compare-reuters_r8, compare-rotten_tomatoes, paper, "
-             "precision, precision-subsample, published, quick, smoke")
+             "precision, precision-subsample, quick, smoke")
     with pytest.raises(UserError, match=f"known: {known}"):
         suite.load_suite("nosuch")
 
