@@ -28,9 +28,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import cli, orderings, paired, results
+from analysis import cli, configs, orderings, paired, results
+from analysis.configs import is_missing, number
 from analysis.plots import figures, unmeasured
-from analysis.results import is_missing, number
 from analysis.style import RC, human_bytes, human_count, method_color
 from analysis.summary import COLUMNS as SUMMARY_COLUMNS
 from analysis.summary import duplicate_notes, notes, status_counts, summary_rows
@@ -121,7 +121,7 @@ def figure_png(fig: Figure, dpi: int = FIGURE_DPI) -> tuple[str, int, int]:
 def run_table_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The runs with the derived columns the table shows (label, process memory, % trainable)."""
     df = results.with_derived(df.copy())
-    labels = results.config_labels(df) if not df.empty else {}
+    labels = configs.config_labels(df) if not df.empty else {}
     df["label"] = df[R.CONFIG_HASH].map(labels)
     if {results.TRAINABLE, results.TOTAL} <= set(df.columns):
         df["pct_trainable"] = 100 * df[results.TRAINABLE] / df[results.TOTAL]

@@ -39,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import results
+from analysis import configs, results
 from analysis.significance import (
     examples_t,
     holm,
@@ -70,7 +70,7 @@ def _stderr(msg: str) -> None:
 class Comparison:
     """Configuration a against b on the test examples both were scored on."""
 
-    a: str  # labels (results.config_labels)
+    a: str  # labels (configs.config_labels)
     b: str
     hash_a: str
     hash_b: str
@@ -194,7 +194,7 @@ def compare(correct_a: pd.DataFrame, correct_b: pd.DataFrame, a: str = "a", b: s
 
 def split_key(row: pd.Series) -> tuple[str, ...]:
     """What fixes a run's test split (data, its columns, eval_size), as comparable text."""
-    return tuple(results.format_value(row.get(col(R.CONFIG, k))) for k in R.TEST_SPLIT_KEYS)
+    return tuple(configs.format_value(row.get(col(R.CONFIG, k))) for k in R.TEST_SPLIT_KEYS)
 
 
 def seed_predictions(df: pd.DataFrame, chash: str,
@@ -205,7 +205,7 @@ def seed_predictions(df: pd.DataFrame, chash: str,
     runs = df[df[R.CONFIG_HASH] == chash]
     out = {}
     for i, (_, row) in enumerate(runs.iterrows()):
-        seed = results.number(row.get(results.SEED))
+        seed = configs.number(row.get(results.SEED))
         frame = read_predictions(predictions_path(row[results.RECORD_FILE]), warn)
         if frame is not None:
             out[i if math.isnan(seed) else int(seed)] = frame
@@ -267,7 +267,7 @@ def references(agg: pd.DataFrame) -> list[str]:
     LoRA, each its method's main configuration (the experiment named like it, or `lora-all`);
     without one, the configuration with the most seeds (LoRA: at its default options if run).
     A variant of a reference (8-bit Adam, a 4-bit base, another rank) is never the reference."""
-    main = results.main_configurations(agg).set_index(R.METHOD)
+    main = configs.main_configurations(agg).set_index(R.METHOD)
     out = []
     for method, options in ((REFERENCE_FULL, {}), ("lora", DEFAULT_LORA)):
         if method in main.index:
@@ -277,7 +277,7 @@ def references(agg: pd.DataFrame) -> list[str]:
         default = rows
         for column, value in options.items():
             if column in default:
-                default = default[default[column].map(results.format_value) == str(value)]
+                default = default[default[column].map(configs.format_value) == str(value)]
         rows = default if len(default) else rows
         if len(rows):
             out.append(rows.loc[rows["n"].astype(int).idxmax(), R.CONFIG_HASH])

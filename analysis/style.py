@@ -15,7 +15,7 @@ from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter, Locator, MaxNLocator
 
-from analysis.results import number
+from analysis.configs import number
 from experiments.contract.units import BYTE_UNITS
 from experiments.contract.units import human_bytes as _format_bytes
 

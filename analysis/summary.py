@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import orderings, paired, results
-from analysis.results import number
+from analysis import configs, orderings, paired, results
+from analysis.configs import number
 from analysis.style import human_bytes, human_count
 from experiments.contract import record as R
 from experiments.contract.record import method_rank
@@ -113,7 +113,7 @@ def notes(df: pd.DataFrame) -> list[str]:
         out.append("Predicted memory (N parameters, M trainable): " + "; ".join(parts) + ".")
     else:
         out.append("Predicted memory: not in these records (they predate the memory ledger).")
-    smoke = [results.is_smoke(row) for _, row in fin.iterrows()]
+    smoke = [configs.is_smoke(row) for _, row in fin.iterrows()]
     if smoke and all(smoke):
         out.append("Every configuration here is a smoke run (train_size, eval_size or max_steps "
                    "set, other than the task's budget): the numbers show the pipeline works, not "

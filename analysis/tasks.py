@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis import results
-from analysis.results import ACCURACY, FIT_S, MACRO_F1, MEASURED, TRAINABLE, number
+from analysis import configs, results
+from analysis.configs import number
+from analysis.results import ACCURACY, FIT_S, MACRO_F1, MEASURED, TRAINABLE
 from analysis.style import human_bytes, human_count
 from analysis.summary import pm
 from experiments.contract import record as R
@@ -104,7 +105,7 @@ def split(df: pd.DataFrame, warn: Warn = _stderr) -> list[Task]:
 
 def mains(found: list[Task]) -> dict[str, pd.DataFrame]:
     """task name -> its main configurations, indexed by method."""
-    return {t.name: results.main_configurations(t.agg).set_index(R.METHOD, drop=False)
+    return {t.name: configs.main_configurations(t.agg).set_index(R.METHOD, drop=False)
             for t in found}
 
 
@@ -196,7 +197,7 @@ def _batch(row: pd.Series) -> str:
     value = row.get(MEASURED_BATCH)
     if not (isinstance(value, list | tuple | np.ndarray) and len(value) == 2):
         return "—"
-    size = f"{results.format_value(value[0])} × {results.format_value(value[1])}"
+    size = f"{configs.format_value(value[0])} × {configs.format_value(value[1])}"
     units = [unit for name, unit in _BATCH_UNITS.items()
              if isinstance(row.get(f"{SHAPES}.{name}"), list | tuple | np.ndarray)]
     return f"{size} {units[0]}" if units else size

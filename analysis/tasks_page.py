@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import orderings, paired, results, tasks
+from analysis import configs, orderings, paired, results, tasks
 from analysis.plots import PLOTS
 from analysis.results import ACCURACY
 from analysis.style import save_figure
@@ -136,7 +136,7 @@ def supported_by(task: Task) -> set[tuple[str, str]]:
     and, for a main configuration, also by its method's name ('full > lora' for lora-all)."""
     family = paired.default_family(
         paired.comparisons(results.finished(task.runs), task.agg, _quiet), task.agg)
-    main = results.main_configurations(task.agg)
+    main = configs.main_configurations(task.agg)
     method = {str(r["label"]): str(r[R.METHOD]) for _, r in main.iterrows()}
     return {(x, y) for a, b in orderings.supported(family)
             for x in {a, method.get(a, a)} for y in {b, method.get(b, b)}}

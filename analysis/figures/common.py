@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
-from analysis.results import number
+from analysis.configs import number
 from analysis.style import LINESTYLES, MARKERS, method_color, method_text_color, new_figure
 from experiments.contract import record as R
 

@@ -8,7 +8,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
-from analysis import results
+from analysis import configs, results
+from analysis.configs import format_value, number
 from analysis.figures.common import (
     has,
     legend_below,
@@ -17,7 +18,6 @@ from analysis.figures.common import (
     variant_styles,
 )
 from analysis.results import ACCURACY as ACC
-from analysis.results import format_value, number
 from analysis.style import (
     LINESTYLES,
     MARKERS,
@@ -103,20 +103,20 @@ def rank_sweeps(agg: pd.DataFrame) -> dict[str, pd.DataFrame]:
     prefix = f"{R.CONFIG}."
     skip = {RANK, ALPHA, col(R.CONFIG, R.METHOD)} | {col(R.CONFIG, k) for k in R.NOT_HASHED}
     others = [c for c in lora.columns if c.startswith(prefix) and c not in skip
-              and results.varies(lora[c])]
-    sizes = {col(R.CONFIG, k) for k in results.SMOKE_KEYS}
-    main = results.main_configurations(lora)
+              and configs.varies(lora[c])]
+    sizes = {col(R.CONFIG, k) for k in configs.SMOKE_KEYS}
+    main = configs.main_configurations(lora)
     sweeps: dict[str, pd.DataFrame] = {}
     groups = lora.groupby(others, sort=False, dropna=False) if others else [((), lora)]
     for _, group in groups:
         first = group.iloc[0]
-        # Named as configurations are (results.config_labels): the options in words, those
+        # Named as configurations are (configs.config_labels): the options in words, those
         # of LoRA's main experiment left unsaid, a smoke run marked as one, not by its sizes.
-        words = [results.describe(c.removeprefix(prefix), first[c]) for c in others
-                 if c not in sizes and not results.is_missing(first[c])
-                 and not (len(main) and results.format_value(main[c].iloc[0])
-                          == results.format_value(first[c]))]
-        smoke = " (smoke)" if sizes & set(others) and results.is_smoke(first) else ""
+        words = [configs.describe(c.removeprefix(prefix), first[c]) for c in others
+                 if c not in sizes and not configs.is_missing(first[c])
+                 and not (len(main) and configs.format_value(main[c].iloc[0])
+                          == configs.format_value(first[c]))]
+        smoke = " (smoke)" if sizes & set(others) and configs.is_smoke(first) else ""
         held = {"": group}  # alpha never varied: the group is the sweep, not worth naming
         if ALPHA in group and group[ALPHA].notna().all() and group[ALPHA].nunique() > 1:
             # A sweep holds alpha (the update grows with r) or alpha/r (e.g. alpha = 2r).
@@ -151,7 +151,7 @@ def accuracy_vs_rank(agg: pd.DataFrame) -> Figure | None:
     # A method's main experiment where it ran, not a variant of it (8-bit Adam); else its best.
     others = agg[agg[R.METHOD] != "lora"]
     ends = others[others[R.METHOD].isin(REFERENCES)]
-    mains = results.main_configurations(agg).set_index(R.METHOD, drop=False)
+    mains = configs.main_configurations(agg).set_index(R.METHOD, drop=False)
     for method, g in (ends if len(ends) else others).groupby(R.METHOD, sort=False):
         best = (mains.loc[method] if method in mains.index
                 else g.loc[g[ACC].idxmax()] if g[ACC].notna().any() else None)

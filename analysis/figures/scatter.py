@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogLocator, NullLocator
 
 from analysis import results
+from analysis.configs import number
 from analysis.figures.common import (
     GUIDE,
     err,
@@ -28,7 +29,7 @@ from analysis.figures.common import (
 )
 from analysis.figures.labels import label_points
 from analysis.results import ACCURACY as ACC
-from analysis.results import MACRO_F1, MEASURED, TOTAL, TRAINABLE, number
+from analysis.results import MACRO_F1, MEASURED, TOTAL, TRAINABLE
 from analysis.style import CountFormatter, bytes_axis, method_text_color, new_figure, paper_style
 from experiments.contract import record as R
 

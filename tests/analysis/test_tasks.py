@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import results, tasks
+from analysis import configs, results, tasks
 from experiments.contract import record as R
 
 
@@ -53,12 +53,12 @@ def test_the_main_configuration_is_the_experiment_named_like_the_method(
         found: list[tasks.Task]) -> None:
     # lora-attention sorts before lora-all (fewer trainable parameters): taking a method's
     # first configuration would show the variant's 78.0 as LoRA's number.
-    alpha = results.main_configurations(found[0].agg)
+    alpha = configs.main_configurations(found[0].agg)
     assert list(alpha[R.METHOD]) == ["head", "lora", "full"]
     assert list(alpha[R.EXPERIMENT]) == ["head", "lora-all", "full"]
     variant_only = found[0].agg[found[0].agg[R.EXPERIMENT] == "lora-attention"]
-    assert results.main_configurations(variant_only).empty  # a variant is never the main one
-    assert results.main_configurations(found[0].agg.drop(columns=[R.EXPERIMENT])).empty
+    assert configs.main_configurations(variant_only).empty  # a variant is never the main one
+    assert configs.main_configurations(found[0].agg.drop(columns=[R.EXPERIMENT])).empty
 
 
 def test_the_methods_by_tasks_table_holds_hand_computed_means(
