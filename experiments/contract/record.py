@@ -66,6 +66,9 @@ METHOD_INFO = "method_info"
 ENV = "env"
 DIST = "dist"
 ARTIFACTS = "artifacts"
+# Set by experiments/tools/publish.py on a committed copy: how it differs from the run's files
+PUBLISHED = "published"
+PUB_PROB_DECIMALS = "prob_decimals"  # class probabilities rounded to this many decimals
 
 # Run status values.
 RUNNING, FINISHED, FAILED, CANCELLED = "running", "finished", "failed", "cancelled"
@@ -324,7 +327,7 @@ Record = TypedDict("Record", {
     DIST: Section, PRECISION: str, PARAMS: Params, METRICS: Metrics, MEMORY: Section,
     TIME: Time, VAL_HISTORY: list[ValPoint], STEPS: int, EPOCHS: float, ARTIFACTS: Section,
     PRESET: Section, SELECTED_STEP: int, SELECTION: str, TEST_EVALUATED: bool,
-    PRUNED_AT_STEP: int, TUNE: Section}, total=False)
+    PRUNED_AT_STEP: int, TUNE: Section, PUBLISHED: Section}, total=False)
 
 # What each typed section holds, for `type_errors`: (section key, its TypedDict).
 TYPED_SECTIONS = ((PARAMS, Params), (METRICS, Metrics), (TIME, Time))

@@ -6,8 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from experiments.contract import record as R
-from experiments.tools.publish import REPO, main
+from experiments.tools.publish import PROB_DECIMALS, REPO, main
+
+PREDICTIONS = pd.DataFrame({R.PRED_EXAMPLE: [0, 1, 2], R.PRED_LABEL: [0, 1, 1],
+                            R.PRED_PREDICTED: [0, 1, 0],
+                            f"{R.PRED_PROB_PREFIX}0": [0.912345, 0.1234567, 0.5004999],
+                            f"{R.PRED_PROB_PREFIX}1": [0.087655, 0.8765433, 0.4995001]})
 
 
 def _strings(value: Any) -> list[str]:
@@ -25,13 +32,15 @@ def _run(runs: Path, name: str, status: str, dirty: bool | None = False,
     (run / "checkpoint" / "state.pt").write_bytes(b"x")
     (run / "model").mkdir()
     (run / R.METRICS_FILE).write_text('{"step": 1}\n')
-    (run / R.PREDICTIONS_FILE).write_bytes(b"parquet")
+    PREDICTIONS.to_parquet(run / R.PREDICTIONS_FILE, index=False)
     rec = {R.RUN_ID: name, R.STATUS: status, R.RECORD_PATH: str(run / R.RECORD_FILE),
            R.LAST_CHECKPOINT: {"path": str(run / "checkpoint")},
            R.MODEL: {"location": "/opt/py/lib/python3.11/site-packages/pkg/model"},
            R.ENV: {"argv": [str(REPO / "experiments" / "train.py"), "method=lora"],
                    R.GIT_COMMIT: commit, R.GIT_DIRTY: dirty},
-           R.CONFIG: {"runs_dir": str(runs), "data": "/home/someone/data.csv"}}
+           R.CONFIG: {"runs_dir": str(runs), "data": "/home/someone/data.csv"},
+           R.ARTIFACTS: {R.ARTIFACT_FILES: {R.PREDICTIONS_FILE: 1, "model/x": 5},
+                         R.ARTIFACT_TOTAL_BYTES: 6}}
     (run / R.RECORD_FILE).write_text(json.dumps(rec))
     return run
 
@@ -83,3 +92,24 @@ def test_publish_refuses_dirty_or_mixed_commit_runs_before_writing(
     _run(unknown, "a", R.FINISHED, dirty=None)
     assert main([str(unknown), str(tmp_path / "out2")]) == 2
     assert main([str(unknown), str(tmp_path / "out2"), "--bogus"]) == 2
+
+
+def test_published_predictions_round_probabilities_and_keep_classes_exact(
+        tmp_path: Path) -> None:
+    """The committed copy's probabilities are rounded (the record says to how many decimals,
+    and its artifacts give the copy's size); labels and predicted classes are untouched."""
+    runs, dest = tmp_path / "runs", tmp_path / "results"
+    _run(runs, "a", R.FINISHED)
+    assert main([str(runs), str(dest)]) == 0
+    out = pd.read_parquet(dest / "a" / R.PREDICTIONS_FILE)
+    probs = [c for c in PREDICTIONS if c.startswith(R.PRED_PROB_PREFIX)]
+    pd.testing.assert_frame_equal(out.drop(columns=probs), PREDICTIONS.drop(columns=probs))
+    assert (out[probs] - PREDICTIONS[probs]).abs().to_numpy().max() <= 0.5 * 10**-PROB_DECIMALS
+    assert out[f"{R.PRED_PROB_PREFIX}0"].tolist() == [0.912, 0.123, 0.5]
+    rec = json.loads((dest / "a" / R.RECORD_FILE).read_text())
+    assert rec[R.PUBLISHED] == {R.PUB_PROB_DECIMALS: PROB_DECIMALS}
+    size = (dest / "a" / R.PREDICTIONS_FILE).stat().st_size
+    assert rec[R.ARTIFACTS][R.ARTIFACT_FILES] == {R.PREDICTIONS_FILE: size, "model/x": 5}
+    assert rec[R.ARTIFACTS][R.ARTIFACT_TOTAL_BYTES] == size + 5
+    # The run's own files are left as they were.
+    assert pd.read_parquet(runs / "a" / R.PREDICTIONS_FILE).equals(PREDICTIONS)
