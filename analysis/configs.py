@@ -95,25 +95,26 @@ def is_smoke(row: pd.Series | dict[str, Any]) -> bool:
 MAIN_SUFFIXES = ("", "-all")
 
 
-def _main_hash(configs: pd.DataFrame, method: str) -> str | None:
-    """The config hash of the method's main experiment among its configurations, if one ran."""
-    if R.EXPERIMENT not in configs:
+def _main_index(rows: pd.DataFrame, method: str) -> Any | None:
+    """The index of the method's main experiment among its rows (MAIN_SUFFIXES, the first name
+    found): of several such configurations the one with the most seeds (`n`); without seed
+    counts, only a single one is the main one. None when no main experiment ran."""
+    if R.EXPERIMENT not in rows:
         return None
     for suffix in MAIN_SUFFIXES:
-        named = configs[configs[R.EXPERIMENT] == f"{method}{suffix}"]
+        named = rows[rows[R.EXPERIMENT] == f"{method}{suffix}"]
+        if "n" in named and len(named):
+            return named["n"].astype(int).idxmax()
         if len(named) == 1:
-            return str(named.index[0])
+            return named.index[0]
     return None
 
 
-def _same(value: Any, configs: pd.DataFrame, main: str | None, column: str) -> bool:
-    """Whether `value` is the main configuration's (a variant is named by what it changes)."""
-    if main is None:
-        return False
-    other = configs.loc[main, column]
-    if is_missing(value) or is_missing(other):
-        return is_missing(value) and is_missing(other)
-    return format_value(value) == format_value(other)
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two config values read alike (8 and 8.0; both missing)."""
+    if is_missing(a) or is_missing(b):
+        return is_missing(a) and is_missing(b)
+    return format_value(a) == format_value(b)
 
 
 def config_labels(df: pd.DataFrame) -> dict[str, str]:
@@ -138,10 +139,11 @@ def config_labels(df: pd.DataFrame) -> dict[str, str]:
         varying = [c for c in cols if varies(firsts[c])]
         # The method's own options first (rank before lr), each group in the record's order.
         varying.sort(key=lambda c: not c.startswith(f"{prefix}{method}."))
-        main = _main_hash(firsts, str(method))
+        main = _main_index(firsts, str(method))
         base = {h: " ".join([str(method), *(describe(c.removeprefix(prefix), row[c])
                                              for c in varying if not is_missing(row[c])
-                                             and not _same(row[c], firsts, main, c))])
+                                             and not (main is not None
+                                                      and same_value(row[c], firsts.at[main, c])))])
                 for h, row in firsts.iterrows()}
         marked = {h: mark_smoke and smoke[h] for h in base}
         for h, row in firsts.iterrows():
@@ -163,12 +165,6 @@ def main_configurations(agg: pd.DataFrame) -> pd.DataFrame:
     that experiment, the one with the most seeds), in the methods' order."""
     if agg.empty or R.EXPERIMENT not in agg:
         return agg.iloc[0:0]
-    picked = []
-    for method in sorted(agg[R.METHOD].dropna().unique(), key=method_rank):
-        rows = agg[agg[R.METHOD] == method]
-        for suffix in MAIN_SUFFIXES:
-            named = rows[rows[R.EXPERIMENT] == f"{method}{suffix}"]
-            if len(named):
-                picked.append(named["n"].astype(int).idxmax())
-                break
-    return agg.loc[picked].reset_index(drop=True)
+    picked = [_main_index(agg[agg[R.METHOD] == m], str(m))
+              for m in sorted(agg[R.METHOD].dropna().unique(), key=method_rank)]
+    return agg.loc[[i for i in picked if i is not None]].reset_index(drop=True)

@@ -114,8 +114,7 @@ def rank_sweeps(agg: pd.DataFrame) -> dict[str, pd.DataFrame]:
         # of LoRA's main experiment left unsaid, a smoke run marked as one, not by its sizes.
         words = [configs.describe(c.removeprefix(prefix), first[c]) for c in others
                  if c not in sizes and not configs.is_missing(first[c])
-                 and not (len(main) and configs.format_value(main[c].iloc[0])
-                          == configs.format_value(first[c]))]
+                 and not (len(main) and configs.same_value(main[c].iloc[0], first[c]))]
         smoke = " (smoke)" if sizes & set(others) and configs.is_smoke(first) else ""
         held = {"": group}  # alpha never varied: the group is the sweep, not worth naming
         if ALPHA in group and group[ALPHA].notna().all() and group[ALPHA].nunique() > 1:

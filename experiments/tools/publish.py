@@ -58,16 +58,16 @@ def portable(value: Any, run_dir: Path, dest_run: Path) -> Any:
     return path.name
 
 
-def compact_predictions(run: Path, rec: dict[str, Any]) -> dict[str, Any]:
-    """Round the class probabilities of `run`'s predictions file in place; returns the record
-    with its `published` section and `artifacts` sizes saying so (unchanged without the file)."""
-    path = run / R.PREDICTIONS_FILE
-    if not path.is_file():
+def compact_predictions(src: Path, out: Path, rec: dict[str, Any]) -> dict[str, Any]:
+    """Write `src`'s predictions file to `out` with its class probabilities rounded (`out` may
+    be `src`); returns the record with its `published` section and `artifacts` sizes saying so
+    (unchanged when `src` has no predictions file)."""
+    if not (src / R.PREDICTIONS_FILE).is_file():
         return rec
-    frame = pd.read_parquet(path)
+    frame = pd.read_parquet(src / R.PREDICTIONS_FILE)
     probs = [c for c in frame.columns if c.startswith(R.PRED_PROB_PREFIX)]
     frame[probs] = frame[probs].round(PROB_DECIMALS)
-    tmp = run / f".{R.PREDICTIONS_FILE}.tmp"
+    path, tmp = out / R.PREDICTIONS_FILE, out / f".{R.PREDICTIONS_FILE}.tmp"
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
     artifacts = dict(rec.get(R.ARTIFACTS) or {})
@@ -123,10 +123,10 @@ def publish(runs_dir: Path, dest: Path) -> list[str]:
         out.mkdir(parents=True)
         rec = portable(rec, run_dir, _shown(dest) / run_dir.name)
         rec.pop(R.LAST_CHECKPOINT, None)  # checkpoints are never published
-        for name in (*COPIED, R.PREDICTIONS_FILE):
+        for name in COPIED:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, out / name)
-        atomic_write_json(out / R.RECORD_FILE, compact_predictions(out, rec))
+        atomic_write_json(out / R.RECORD_FILE, compact_predictions(run_dir, out, rec))
         done.append(run_dir.name)
     return done
 
